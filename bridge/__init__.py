@@ -1,0 +1,1 @@
+"""voicebridge: the service (config, call pipeline, backends, doors, metrics, app)."""

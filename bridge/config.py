@@ -1,0 +1,161 @@
+"""Every setting of the bridge, read from the environment and `.env` (pydantic-settings).
+
+The names are the spec's (§6) plus the ones voicebridge adds for SIP, RTP, the backend
+choice and barge-in. `load_settings()` turns a bad value into one `ConfigError` line that
+names the variable and what it accepts, so start-up stops with a message an operator can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+AsrBackend = Literal["embedded", "whispercpp"]
+LlmBackend = Literal["embedded", "ollama", "openai"]
+TtsBackend = Literal["embedded", "http"]
+TtsEngine = Literal["piper", "coqui"]
+VadEngine = Literal["energy", "silero"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value the bridge cannot start with; the message is one line."""
+
+
+class Settings(BaseSettings):
+    """The bridge's configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # Host services (spec §6)
+    whisper_url: str = "http://host.docker.internal:8178"
+    ollama_url: str = "http://host.docker.internal:11434"
+    whisper_model: str = "ggml-large-v3-turbo.bin"
+
+    # LLM (spec §6)
+    ollama_model: str = "llama3.2:3b"
+    llm_system_prompt: str = (
+        "You are a helpful call center agent. Keep responses concise and conversational."
+    )
+    llm_max_tokens: int = Field(150, ge=1, le=8192)
+
+    # TTS (spec §6)
+    piper_url: str = "http://piper:5100"
+    coqui_url: str = "http://coqui:5200"
+    default_tts_engine: TtsEngine = "piper"
+    piper_voice: str = "en_US-lessac-medium"
+
+    # Gateway (spec §6)
+    gateway_host: str = "0.0.0.0"
+    gateway_port: int = Field(8080, ge=1, le=65535)
+    max_concurrent_calls: int = Field(100, ge=1)
+    asr_pool_size: int = Field(10, ge=1)
+    llm_pool_size: int = Field(10, ge=1)
+    tts_pool_size: int = Field(10, ge=1)
+
+    # VAD (spec §6; pre-speech from spec §5)
+    vad_engine: VadEngine = "energy"
+    vad_speech_threshold_db: float = Field(-30.0, le=0.0)
+    vad_silence_timeout_ms: int = Field(300, ge=20)
+    vad_min_speech_ms: int = Field(250, ge=20)
+    vad_pre_speech_ms: int = Field(200, ge=0)
+
+    # Monitoring (spec §6)
+    prometheus_port: int = Field(9090, ge=1, le=65535)
+    grafana_port: int = Field(3001, ge=1, le=65535)
+
+    # Backend choice (voicebridge): the embedded trio runs on a laptop with no GPU
+    asr_backend: AsrBackend = "embedded"
+    llm_backend: LlmBackend = "embedded"
+    tts_backend: TtsBackend = "embedded"
+    openai_url: str = "http://localhost:8000"
+    openai_model: str = "default"
+    openai_api_key: str = ""
+    embedded_asr_model: str = ""  # path to a CTranslate2 Whisper model; empty = the shipped tiny.en
+    embedded_llm_model: str = ""  # path to a GGUF file; empty = the shipped SmolLM2-135M-Instruct
+    backend_timeout_s: float = Field(10.0, gt=0)
+    inference_threads: int = Field(2, ge=1)
+
+    # Call behaviour (voicebridge)
+    barge_in: bool = True
+    barge_in_threshold_db: float = Field(-24.0, le=0.0)
+    barge_in_min_speech_ms: int = Field(250, ge=20)
+
+    # SIP and RTP (voicebridge)
+    sip_enabled: bool = True
+    sip_host: str = "0.0.0.0"
+    sip_port: int = Field(5060, ge=1, le=65535)
+    sip_public_host: str = ""  # address written into SDP/Contact; empty = guessed per request
+    rtp_port_min: int = Field(10000, ge=1024, le=65535)
+    rtp_port_max: int = Field(20000, ge=1024, le=65535)
+    rtp_timeout_s: float = Field(30.0, gt=0)
+    jitter_playout_ms: int = Field(60, ge=0, le=1000)
+
+    # WebRTC (voicebridge)
+    ice_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Process (voicebridge)
+    log_level: LogLevel = "INFO"
+    shutdown_grace_s: float = Field(5.0, gt=0)
+    ws_max_frame_bytes: int = Field(65536, ge=1024)
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _split_ice_servers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_rtp_range(self) -> Settings:
+        if self.rtp_port_min > self.rtp_port_max:
+            raise ValueError("RTP_PORT_MIN must not exceed RTP_PORT_MAX")
+        return self
+
+
+def _accepted(field_name: str) -> str:
+    """Describe the values a field accepts, for the one-line error."""
+    field = Settings.model_fields[field_name]
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return "one of " + ", ".join(str(a) for a in get_args(annotation))
+    if annotation is bool:
+        return "true or false"
+    bounds = []
+    for meta in field.metadata:
+        for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                bounds.append(f"{word} {getattr(meta, attr)}")
+    kind = getattr(annotation, "__name__", str(annotation))
+    return f"{kind} " + " and ".join(bounds) if bounds else kind
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; raise `ConfigError` with one line naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = error.get("loc") or ()
+        if loc and isinstance(loc[0], str) and loc[0] in Settings.model_fields:
+            name = loc[0]
+            raise ConfigError(
+                f"invalid {name.upper()}={error.get('input')!r}: expected {_accepted(name)}"
+            ) from None
+        raise ConfigError(f"invalid configuration: {error.get('msg')}") from None
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None

@@ -1,0 +1,1 @@
+"""Doors: thin adapters that turn SIP/RTP, WebRTC and WebSocket callers into calls."""

@@ -1,0 +1,1 @@
+"""SIP signalling: messages, SDP offer/answer, transactions, dialogs, transports, a UAS. No audio."""
