@@ -1,0 +1,104 @@
+"""The user-agent server's upward interface: what the SIP door implements and calls.
+
+`sip.uas.UserAgentServer` does the signalling (transactions, dialogs, SDP negotiation) and
+hands each call to a `CallApplication`; the application answers with media addresses and
+gets told when the dialog ends. No audio crosses this boundary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Direction = Literal["sendrecv", "sendonly", "recvonly", "inactive"]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One negotiated RTP payload format."""
+
+    name: str  # "PCMU", "PCMA", "opus", "telephone-event"
+    payload_type: int
+    clock_rate: int
+    channels: int = 1
+    fmtp: str = ""
+
+
+@dataclass(frozen=True)
+class MediaOffer:
+    """The caller's audio stream as its SDP describes it (address, port, codecs in order)."""
+
+    address: str
+    port: int
+    codecs: tuple[Codec, ...]
+    direction: Direction = "sendrecv"
+    ptime_ms: int = 20
+
+
+@dataclass(frozen=True)
+class MediaAnswer:
+    """What the application accepts: the chosen codec, DTMF codec if any, our RTP address."""
+
+    address: str
+    port: int
+    codec: Codec
+    dtmf: Codec | None = None
+    direction: Direction = "sendrecv"
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """The signalling facts of one accepted INVITE."""
+
+    call_id: str
+    from_uri: str
+    to_uri: str
+    remote_addr: tuple[str, int]
+    local_host: str  # the address the caller reached us on, for SDP
+    transport: Literal["udp", "tcp"]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class SipReject(Exception):
+    """Raised by the application to refuse an INVITE with a final status (488, 503, ...)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{status} {reason}")
+
+
+class Dialog(Protocol):
+    """An established call as the application sees it."""
+
+    info: CallInfo
+
+    async def hangup(self) -> None:
+        """Send BYE (the bridge ends the call). Idempotent."""
+        ...
+
+
+class CallApplication(Protocol):
+    """Implemented by bridge/doors/sip.py."""
+
+    async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
+        """A new INVITE: allocate media and return the answer, or raise `SipReject`.
+        The UAS has already chosen nothing; `sip.sdp.choose_codec` helps pick."""
+        ...
+
+    async def on_established(self, dialog: Dialog) -> None:
+        """The ACK for our 2xx arrived: media may flow both ways."""
+        ...
+
+    async def on_reinvite(self, dialog: Dialog, offer: MediaOffer) -> MediaAnswer:
+        """A re-INVITE (hold/unhold, codec change, new address); raise `SipReject` to refuse."""
+        ...
+
+    async def on_info(self, dialog: Dialog, content_type: str, body: bytes) -> None:
+        """An INFO request (e.g. application/dtmf-relay)."""
+        ...
+
+    async def on_terminated(self, call_id: str, reason: str) -> None:
+        """The call is over for any reason: BYE either way, CANCEL, no ACK, transport error.
+        Called exactly once for every call `on_invite` accepted."""
+        ...
