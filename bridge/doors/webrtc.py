@@ -1,0 +1,472 @@
+"""The WebRTC door: a browser call over aiortc, signalled by one HTTP POST.
+
+The page posts its SDP offer with the call's metadata to `POST /webrtc/offer` and gets the
+answer back (no trickle ICE; host candidates only unless `ICE_SERVERS` names STUN/TURN).
+Per call, one `WebRtcSession` owns the peer connection: the caller's track is down-mixed,
+resampled to 16 kHz and fed to the pipeline; the bot's speech goes back on `BotAudioTrack`,
+paced in real time with silence between turns; pipeline events go to the page on the data
+channel the page opened (label "events") as the WebSocket door's JSON. Either side hangs up:
+the page with a "hangup" message or by closing the connection, the bridge with
+`CallSink.hangup`. The door also serves the built page (`bridge/web/dist`) at `/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import inspect
+import json
+import logging
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from bridge.backends.base import Audio
+from bridge.config import Settings
+from bridge.contract import CALLER_RATE, CallHandle, CallLimitExceeded, CallOptions, Event
+
+log = logging.getLogger(__name__)
+
+WEB_DIST: Final = Path(__file__).resolve().parent.parent / "web" / "dist"
+"""Where `make web` (scripts/build-web.sh) puts the built page."""
+
+BOT_RATE: Final = 48000
+"""Sample rate of the outbound track (Opus's native rate)."""
+FRAME_SAMPLES: Final = BOT_RATE // 50
+"""20 ms at BOT_RATE: the outbound frame size."""
+CONNECT_TIMEOUT_S: Final = 20.0
+"""A peer connection that is not connected by then is torn down and its call closed."""
+MAX_PENDING_EVENTS: Final = 512
+"""Events kept while the page's data channel is not open yet; older ones are dropped."""
+EVENTS_LABEL: Final = "events"
+
+
+class CallOpener(Protocol):
+    """The part of `bridge.calls.CallManager` the door uses (its `open` may be sync or async)."""
+
+    def open(self, options: CallOptions, sink: Any) -> Any:
+        """Open a call; raise `CallLimitExceeded` when full."""
+        ...
+
+
+def ice_servers(urls: list[str]) -> list[RTCIceServer]:
+    """`ICE_SERVERS` entries as aiortc servers; `turn:USER:PASS@host:port` carries credentials."""
+    servers = []
+    for url in urls:
+        match = re.fullmatch(r"(turns?):([^:@/]+):([^@]+)@(.+)", url)
+        if match:
+            scheme, user, password, host = match.groups()
+            servers.append(
+                RTCIceServer(urls=f"{scheme}:{host}", username=user, credential=password)
+            )
+        else:
+            servers.append(RTCIceServer(urls=url))
+    return servers
+
+
+class CallerAudio:
+    """Turns inbound `av.AudioFrame`s (any rate, layout, s16 or float) into mono 16 kHz int16."""
+
+    def __init__(self) -> None:
+        self._rate = 0
+        self._stream: soxr.ResampleStream | None = None
+
+    def convert(self, frame: AudioFrame) -> npt.NDArray[np.int16]:
+        """One frame in, the 16 kHz samples it yields out (may be empty while soxr primes)."""
+        mono = _mono_int16(frame)
+        rate = int(frame.sample_rate)
+        if rate == CALLER_RATE:
+            return mono
+        if rate != self._rate or self._stream is None:
+            # "LQ" emits on every 20 ms chunk (the higher qualities burst every ~100 ms)
+            self._stream = soxr.ResampleStream(rate, CALLER_RATE, 1, dtype="int16", quality="LQ")
+            self._rate = rate
+        out: npt.NDArray[np.int16] = self._stream.resample_chunk(mono)
+        return out
+
+
+def _mono_int16(frame: AudioFrame) -> npt.NDArray[np.int16]:
+    data = frame.to_ndarray()
+    channels = max(1, len(frame.layout.channels))
+    if frame.format.is_planar:
+        samples = data.reshape(channels, -1)
+        mixed = samples[0] if channels == 1 else samples.mean(axis=0)
+    else:
+        interleaved = data.reshape(-1, channels)
+        mixed = interleaved[:, 0] if channels == 1 else interleaved.mean(axis=1)
+    if np.issubdtype(mixed.dtype, np.floating):
+        mixed = mixed * 32767.0
+    return np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
+
+
+class BotAudioTrack(MediaStreamTrack):
+    """The outbound audio track: 20 ms 48 kHz mono frames paced by the wall clock, the bot's
+    queued speech when there is some, silence otherwise."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._chunks: deque[npt.NDArray[np.int16]] = deque()
+        self._offset = 0
+        self._pts = 0
+        self._clock_start: float | None = None
+        self._time_base = fractions.Fraction(1, BOT_RATE)
+        self.samples_sent = 0
+        """Bot (non-silence) samples handed to the encoder so far."""
+
+    def push(self, pcm48k: npt.NDArray[np.int16]) -> None:
+        """Queue bot speech at 48 kHz."""
+        if pcm48k.size:
+            self._chunks.append(pcm48k)
+
+    def clear(self) -> None:
+        """Drop queued speech (barge-in); silence follows from the next frame."""
+        self._chunks.clear()
+        self._offset = 0
+
+    @property
+    def queued_samples(self) -> int:
+        """Bot speech waiting to be sent, in 48 kHz samples."""
+        return sum(len(c) for c in self._chunks) - self._offset
+
+    async def recv(self) -> AudioFrame:
+        """The next 20 ms frame, released at its wall-clock time."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._clock_start is None:
+            self._clock_start = now - self._pts / BOT_RATE
+        delay = self._clock_start + self._pts / BOT_RATE - now
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.2:
+            # the loop stalled: restart the clock instead of bursting to catch up
+            self._clock_start = now - self._pts / BOT_RATE
+        frame = AudioFrame.from_ndarray(self._take().reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = BOT_RATE
+        frame.pts = self._pts
+        frame.time_base = self._time_base
+        self._pts += FRAME_SAMPLES
+        return frame
+
+    def _take(self) -> npt.NDArray[np.int16]:
+        out = np.zeros(FRAME_SAMPLES, np.int16)
+        filled = 0
+        while filled < FRAME_SAMPLES and self._chunks:
+            chunk = self._chunks[0]
+            n = min(FRAME_SAMPLES - filled, len(chunk) - self._offset)
+            out[filled : filled + n] = chunk[self._offset : self._offset + n]
+            filled += n
+            self._offset += n
+            if self._offset >= len(chunk):
+                self._chunks.popleft()
+                self._offset = 0
+        self.samples_sent += filled
+        return out
+
+
+class WebRtcSession:
+    """One browser call: peer connection, tracks, data channel and the pipeline's handle.
+
+    It is the call's `CallSink`. `close()` ends everything and is idempotent.
+    """
+
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        options: CallOptions,
+        on_closed: Callable[[WebRtcSession], None] | None = None,
+    ) -> None:
+        self.pc = pc
+        self._on_closed = on_closed
+        self.options = options
+        self.call_id = options.call_id
+        self.outbound = BotAudioTrack()
+        self.handle: CallHandle | None = None
+        self.closed = asyncio.Event()
+        self._closing = False
+        self._channel: RTCDataChannel | None = None
+        self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connected = asyncio.Event()
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+
+    # CallSink
+    async def send_event(self, event: Event) -> None:
+        """Send one pipeline event to the page (queued until the data channel opens)."""
+        text = json.dumps(event, separators=(",", ":"))
+        channel = self._channel
+        if channel is not None and channel.readyState == "open":
+            channel.send(text)
+        elif not self._closing:
+            self._pending.append(text)
+
+    async def send_audio(self, audio: Audio) -> None:
+        """Queue one sentence of bot speech, resampled to 48 kHz."""
+        pcm = np.asarray(audio.pcm, dtype=np.int16)
+        if audio.sample_rate != BOT_RATE:
+            pcm = soxr.resample(pcm, audio.sample_rate, BOT_RATE).astype(np.int16, copy=False)
+        self.outbound.push(pcm)
+
+    def clear_audio(self) -> None:
+        """Barge-in: drop bot speech not yet sent."""
+        self.outbound.clear()
+
+    async def hangup(self, reason: str) -> None:
+        """The bridge ends the call: tell the page, then close the connection."""
+        await self.send_event({"type": "hangup", "reason": reason})
+        await self.close(reason)
+
+    # lifecycle
+    def start(self, handle: CallHandle) -> None:
+        """Attach the pipeline's handle and arm the connect timeout."""
+        self.handle = handle
+        self._spawn(self._connect_watchdog())
+
+    async def close(self, reason: str = "hangup") -> None:
+        """End the call: the pipeline, the tasks and the peer connection. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("webrtc call %s closing: %s", self.call_id, reason)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        try:
+            if self.handle is not None:
+                await self.handle.close(reason)
+        except Exception:
+            log.exception("webrtc call %s: pipeline close failed", self.call_id)
+        finally:
+            self.outbound.stop()
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+            self.closed.set()
+            if self._on_closed is not None:
+                self._on_closed(self)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._pump_caller_audio(track))
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != EVENTS_LABEL:
+            return
+        self._channel = channel
+        channel.on("open", self._flush_pending)
+        channel.on("message", self._on_message)
+        if channel.readyState == "open":
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        channel = self._channel
+        while channel is not None and channel.readyState == "open" and self._pending:
+            channel.send(self._pending.popleft())
+
+    def _on_message(self, message: str | bytes) -> None:
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        kind = text.strip()
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            parsed = json.loads(text)
+            kind = str(parsed.get("type", "")) if isinstance(parsed, dict) else kind
+        if kind == "hangup":
+            self._spawn(self.close("caller hung up"))
+        elif kind.startswith("dtmf:") and self.handle is not None:
+            self.handle.dtmf(kind[5:6])
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("webrtc call %s connection %s", self.call_id, state)
+        if state == "connected":
+            self._connected.set()
+        elif state in ("failed", "closed"):
+            self._spawn(self.close(f"connection {state}"))
+
+    async def _connect_watchdog(self) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
+        except TimeoutError:
+            self._spawn(self.close("connect timeout"))
+
+    async def _pump_caller_audio(self, track: MediaStreamTrack) -> None:
+        converter = CallerAudio()
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            if not isinstance(frame, AudioFrame) or self.handle is None:
+                continue
+            try:
+                pcm = converter.convert(frame)
+            except (ValueError, TypeError) as exc:
+                log.warning("webrtc call %s: bad caller frame dropped: %s", self.call_id, exc)
+                continue
+            if pcm.size:
+                self.handle.feed(pcm)
+        self._spawn(self.close("caller track ended"))
+
+
+_DOOR_KEY: Final = web.AppKey("voicebridge_webrtc_door", object)
+
+
+class WebRtcDoor:
+    """Signalling endpoints, the static page and the set of live sessions."""
+
+    def __init__(self, calls: CallOpener, settings: Settings, web_root: Path = WEB_DIST) -> None:
+        self.calls = calls
+        self.settings = settings
+        self.web_root = web_root
+        self.sessions: set[WebRtcSession] = set()
+        self._ice = ice_servers(list(settings.ice_servers))
+        self._shutting_down = False
+
+    def configuration(self) -> RTCConfiguration:
+        """ICE configuration; an explicit empty list so aiortc adds no public STUN server."""
+        return RTCConfiguration(iceServers=list(self._ice))
+
+    async def handle_config(self, request: web.Request) -> web.Response:
+        """`GET /webrtc/config`: what the page needs before it calls."""
+        servers: list[dict[str, Any]] = []
+        for server in self._ice:
+            entry: dict[str, Any] = {"urls": server.urls}
+            if server.username:
+                entry |= {"username": server.username, "credential": server.credential}
+            servers.append(entry)
+        return web.json_response(
+            {
+                "iceServers": servers,
+                "ttsEngines": ["piper", "coqui"],
+                "defaultTtsEngine": self.settings.default_tts_engine,
+            }
+        )
+
+    async def handle_offer(self, request: web.Request) -> web.Response:
+        """`POST /webrtc/offer`: `{sdp, type, tts_engine, mode}` in, `{sdp, type, call_id}` out."""
+        if self._shutting_down:
+            return _error(503, "the bridge is shutting down")
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _error(400, "the body must be JSON: {sdp, type, tts_engine, mode}")
+        problem, options = self._parse_offer(body)
+        if options is None:
+            return _error(400, problem)
+        pc = RTCPeerConnection(configuration=self.configuration())
+        session = WebRtcSession(pc, options, on_closed=self.sessions.discard)
+        try:
+            opened = self.calls.open(options, session)
+            handle: CallHandle = await opened if inspect.isawaitable(opened) else opened
+        except CallLimitExceeded:
+            await pc.close()
+            return _error(503, "too many calls, try again later")
+        self.sessions.add(session)
+        session.start(handle)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
+            if not any(t.kind == "audio" for t in pc.getTransceivers()):
+                await session.close("offer without audio")
+                return _error(400, "the offer has no audio m-line")
+            pc.addTrack(session.outbound)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # aiortc raises many kinds for a malformed SDP
+            log.warning("webrtc call %s: bad offer: %r", options.call_id, exc)
+            await session.close("bad offer")
+            return _error(400, f"cannot negotiate this SDP offer: {exc or type(exc).__name__}")
+        local = pc.localDescription
+        log.info(
+            "webrtc call %s answered (%s, %s)", options.call_id, options.mode, options.tts_engine
+        )
+        return web.json_response({"sdp": local.sdp, "type": local.type, "call_id": options.call_id})
+
+    def _parse_offer(self, body: Any) -> tuple[str, CallOptions | None]:
+        if not isinstance(body, dict):
+            return "the body must be a JSON object", None
+        if not isinstance(body.get("sdp"), str) or not body["sdp"].strip():
+            return "missing 'sdp' (the browser's SDP offer)", None
+        if body.get("type", "offer") != "offer":
+            return "'type' must be 'offer'", None
+        engine = body.get("tts_engine") or self.settings.default_tts_engine
+        if engine not in ("piper", "coqui"):
+            return "'tts_engine' must be 'piper' or 'coqui'", None
+        mode = body.get("mode") or "conversation"
+        if mode == "conversation" or mode == "transcribe_only":
+            return "", CallOptions(door="webrtc", mode=mode, tts_engine=engine)
+        return "'mode' must be 'conversation' or 'transcribe_only'", None
+
+    async def shutdown(self, app: web.Application | None = None) -> None:
+        """Close every live call (registered on `app.on_shutdown`)."""
+        self._shutting_down = True
+        sessions = list(self.sessions)
+        await asyncio.gather(*(s.hangup("shutdown") for s in sessions), return_exceptions=True)
+
+    async def handle_index(self, request: web.Request) -> web.StreamResponse:
+        """`GET /`: the page, or a 503 page that says how to build it."""
+        index = self.web_root / "index.html"
+        if not index.is_file():
+            return web.Response(status=503, text=_NOT_BUILT, content_type="text/html")
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    async def handle_asset(self, request: web.Request) -> web.StreamResponse:
+        """`GET /assets/...`: the page's hashed bundles (cached for good)."""
+        assets = (self.web_root / "assets").resolve()
+        path = (assets / request.match_info["path"]).resolve()
+        if not path.is_relative_to(assets) or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(
+            path, headers={"Cache-Control": "public, max-age=31536000, immutable"}
+        )
+
+
+_NOT_BUILT: Final = """<!doctype html><html><head><meta charset="utf-8">
+<title>voicebridge: page not built</title></head><body>
+<h1>The browser page is not built</h1>
+<p>Run <code>make web</code> (or <code>make install</code>) to build <code>bridge/web/dist</code>,
+then reload. The WebSocket and SIP doors work without it.</p></body></html>
+"""
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def register(
+    app: web.Application, calls: CallOpener, settings: Settings, *, web_root: Path = WEB_DIST
+) -> WebRtcDoor:
+    """Add the WebRTC door and the page to `app`; close its calls on app shutdown."""
+    door = WebRtcDoor(calls, settings, web_root)
+    app[_DOOR_KEY] = door
+    app.router.add_get("/webrtc/config", door.handle_config)
+    app.router.add_post("/webrtc/offer", door.handle_offer)
+    app.router.add_get("/", door.handle_index)
+    app.router.add_get("/assets/{path:.+}", door.handle_asset)
+    app.on_shutdown.append(door.shutdown)
+    return door
