@@ -27,7 +27,6 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 from aiohttp import web
 from aiortc import (
     MediaStreamTrack,
@@ -41,8 +40,9 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from bridge.backends.base import Audio
-from bridge.config import Settings
-from bridge.contract import CALLER_RATE, CallHandle, CallLimitExceeded, CallOptions, Event
+from bridge.config import Settings, TtsEngine
+from bridge.contract import CALLER_RATE, CallHandle, CallLimitExceeded, CallOptions, Event, Mode
+from media.resample import StreamResampler, resample
 
 log = logging.getLogger(__name__)
 
@@ -87,34 +87,28 @@ class CallerAudio:
     """Turns inbound `av.AudioFrame`s (any rate, layout, s16 or float) into mono 16 kHz int16."""
 
     def __init__(self) -> None:
-        self._rate = 0
-        self._stream: soxr.ResampleStream | None = None
+        self._resampler: StreamResampler | None = None
 
     def convert(self, frame: AudioFrame) -> npt.NDArray[np.int16]:
-        """One frame in, the 16 kHz samples it yields out (may be empty while soxr primes)."""
-        mono = _mono_int16(frame)
+        """One frame in, the 16 kHz samples it yields out (may be empty while the filter primes)."""
         rate = int(frame.sample_rate)
-        if rate == CALLER_RATE:
-            return mono
-        if rate != self._rate or self._stream is None:
-            # "LQ" emits on every 20 ms chunk (the higher qualities burst every ~100 ms)
-            self._stream = soxr.ResampleStream(rate, CALLER_RATE, 1, dtype="int16", quality="LQ")
-            self._rate = rate
-        out: npt.NDArray[np.int16] = self._stream.resample_chunk(mono)
-        return out
+        if self._resampler is None or self._resampler.in_rate != rate:
+            self._resampler = StreamResampler(rate, CALLER_RATE)
+        return self._resampler.process(_mono_int16(frame))
 
 
 def _mono_int16(frame: AudioFrame) -> npt.NDArray[np.int16]:
+    """Down-mix one frame to mono int16 (float formats are scaled from [-1, 1])."""
     data = frame.to_ndarray()
     channels = max(1, len(frame.layout.channels))
-    if frame.format.is_planar:
-        samples = data.reshape(channels, -1)
-        mixed = samples[0] if channels == 1 else samples.mean(axis=0)
-    else:
-        interleaved = data.reshape(-1, channels)
-        mixed = interleaved[:, 0] if channels == 1 else interleaved.mean(axis=1)
-    if np.issubdtype(mixed.dtype, np.floating):
-        mixed = mixed * 32767.0
+    per_channel = (
+        data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
+    )
+    if channels == 1 and data.dtype == np.int16:
+        return np.ascontiguousarray(per_channel[0])
+    mixed = per_channel.astype(np.float32).mean(axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        mixed *= 32767.0
     return np.clip(np.rint(mixed), -32768, 32767).astype(np.int16)
 
 
@@ -227,7 +221,7 @@ class WebRtcSession:
         """Queue one sentence of bot speech, resampled to 48 kHz."""
         pcm = np.asarray(audio.pcm, dtype=np.int16)
         if audio.sample_rate != BOT_RATE:
-            pcm = soxr.resample(pcm, audio.sample_rate, BOT_RATE).astype(np.int16, copy=False)
+            pcm = resample(pcm, audio.sample_rate, BOT_RATE)
         self.outbound.push(pcm)
 
     def clear_audio(self) -> None:
@@ -240,10 +234,10 @@ class WebRtcSession:
         await self.close(reason)
 
     # lifecycle
-    def start(self, handle: CallHandle) -> None:
+    def start(self, handle: CallHandle, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         """Attach the pipeline's handle and arm the connect timeout."""
         self.handle = handle
-        self._spawn(self._connect_watchdog())
+        self._spawn(self._connect_watchdog(connect_timeout_s))
 
     async def close(self, reason: str = "hangup") -> None:
         """End the call: the pipeline, the tasks and the peer connection. Idempotent."""
@@ -310,9 +304,9 @@ class WebRtcSession:
         elif state in ("failed", "closed"):
             self._spawn(self.close(f"connection {state}"))
 
-    async def _connect_watchdog(self) -> None:
+    async def _connect_watchdog(self, timeout_s: float) -> None:
         try:
-            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT_S)
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
         except TimeoutError:
             self._spawn(self.close("connect timeout"))
 
@@ -335,6 +329,11 @@ class WebRtcSession:
         self._spawn(self.close("caller track ended"))
 
 
+_ENGINES: Final[dict[str, TtsEngine]] = {"piper": "piper", "coqui": "coqui"}
+_MODES: Final[dict[str, Mode]] = {
+    "conversation": "conversation",
+    "transcribe_only": "transcribe_only",
+}
 _DOOR_KEY: Final = web.AppKey("voicebridge_webrtc_door", object)
 
 
@@ -346,6 +345,8 @@ class WebRtcDoor:
         self.settings = settings
         self.web_root = web_root
         self.sessions: set[WebRtcSession] = set()
+        self.connect_timeout_s = CONNECT_TIMEOUT_S
+        """Seconds a new peer connection has to reach "connected"."""
         self._ice = ice_servers(list(settings.ice_servers))
         self._shutting_down = False
 
@@ -388,8 +389,11 @@ class WebRtcDoor:
         except CallLimitExceeded:
             await pc.close()
             return _error(503, "too many calls, try again later")
+        except ValueError as exc:  # e.g. the chosen TTS engine is not installed here
+            await pc.close()
+            return _error(400, str(exc))
         self.sessions.add(session)
-        session.start(handle)
+        session.start(handle, self.connect_timeout_s)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
             if not any(t.kind == "audio" for t in pc.getTransceivers()):
@@ -414,19 +418,25 @@ class WebRtcDoor:
             return "missing 'sdp' (the browser's SDP offer)", None
         if body.get("type", "offer") != "offer":
             return "'type' must be 'offer'", None
-        engine = body.get("tts_engine") or self.settings.default_tts_engine
-        if engine not in ("piper", "coqui"):
+        engine = _ENGINES.get(str(body.get("tts_engine") or self.settings.default_tts_engine))
+        if engine is None:
             return "'tts_engine' must be 'piper' or 'coqui'", None
-        mode = body.get("mode") or "conversation"
-        if mode == "conversation" or mode == "transcribe_only":
-            return "", CallOptions(door="webrtc", mode=mode, tts_engine=engine)
-        return "'mode' must be 'conversation' or 'transcribe_only'", None
+        mode = _MODES.get(str(body.get("mode") or "conversation"))
+        if mode is None:
+            return "'mode' must be 'conversation' or 'transcribe_only'", None
+        return "", CallOptions(door="webrtc", mode=mode, tts_engine=engine)
 
     async def shutdown(self, app: web.Application | None = None) -> None:
         """Close every live call (registered on `app.on_shutdown`)."""
         self._shutting_down = True
         sessions = list(self.sessions)
         await asyncio.gather(*(s.hangup("shutdown") for s in sessions), return_exceptions=True)
+        # a close already under way (e.g. the page hung up just now) finishes before we return
+        waits = [asyncio.ensure_future(s.closed.wait()) for s in sessions]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.settings.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
 
     async def handle_index(self, request: web.Request) -> web.StreamResponse:
         """`GET /`: the page, or a 503 page that says how to build it."""

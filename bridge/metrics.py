@@ -1,0 +1,147 @@
+"""Prometheus instrumentation: the seven metrics of spec §4.1, plus a few for the doors.
+
+Every metric lives on the `CollectorRegistry` held by one `Metrics` object, so a test (or a
+second bridge in one process) makes its own and never collides with the global registry.
+
+The spec's seven, with their exact names, types and labels:
+
+- `pipeline_calls_active` (gauge), `pipeline_calls_total` (counter)
+- `pipeline_stage_duration_seconds{stage=asr|llm|tts}` (histogram)
+- `pipeline_e2e_duration_seconds` (histogram)
+- `pipeline_errors_total{stage,error_type}` (counter)
+- `audio_chunks_processed_total` (counter), `vad_speech_segments_total` (counter)
+
+The extras are named so they can never be mistaken for the spec's; the door ones carry a
+`door` label (sip, webrtc, websocket).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "Metrics"]
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.65,
+    0.8,
+    1.0,
+    1.25,
+    1.5,
+    2.0,
+    2.5,
+    3.0,
+    4.0,
+    5.0,
+)
+"""Histogram buckets for voice latencies: 10 ms to 5 s, dense around the 100–800 ms budget."""
+
+
+STAGES = ("asr", "llm", "tts")
+BACKEND_ERROR_KINDS = ("timeout", "connect", "http", "malformed", "unavailable")
+
+
+class Metrics:
+    """Every metric the bridge exports, registered on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        # --- spec §4.1 ---
+        self.calls_active = Gauge(
+            "pipeline_calls_active", "Currently active call sessions.", registry=r
+        )
+        self.calls_total = Counter("pipeline_calls_total", "Total calls processed.", registry=r)
+        self.stage_duration = Histogram(
+            "pipeline_stage_duration_seconds",
+            "Per-stage latency: ASR per utterance, LLM per reply stream, TTS per sentence.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.e2e_duration = Histogram(
+            "pipeline_e2e_duration_seconds",
+            "Last caller speech frame received to first bot audio handed to the door.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "pipeline_errors_total", "Error counts.", ["stage", "error_type"], registry=r
+        )
+        self.audio_chunks = Counter(
+            "audio_chunks_processed_total", "Total caller audio chunks processed.", registry=r
+        )
+        self.speech_segments = Counter(
+            "vad_speech_segments_total", "Speech segments (utterances) detected.", registry=r
+        )
+        # --- voicebridge extras ---
+        self.llm_first_token = Histogram(
+            "pipeline_llm_first_token_seconds",
+            "LLM time to first token.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.audio_chunks_dropped = Counter(
+            "pipeline_audio_chunks_dropped_total",
+            "Caller audio chunks dropped because a call's input queue was full.",
+            registry=r,
+        )
+        self.barge_ins = Counter(
+            "pipeline_barge_ins_total", "Bot replies interrupted by caller speech.", registry=r
+        )
+        self.calls_rejected = Counter(
+            "pipeline_calls_rejected_total",
+            "Calls refused at a door (over MAX_CONCURRENT_CALLS or shutting down).",
+            ["door"],
+            registry=r,
+        )
+        self.rtp_packets_received = Counter(
+            "rtp_packets_received_total", "RTP packets received.", ["door"], registry=r
+        )
+        self.rtp_packets_lost = Counter(
+            "rtp_packets_lost_total",
+            "RTP packets lost (concealed by the jitter buffer).",
+            ["door"],
+            registry=r,
+        )
+        self.rtp_packets_late = Counter(
+            "rtp_packets_late_total",
+            "RTP packets that arrived after their playout time.",
+            ["door"],
+            registry=r,
+        )
+        self.jitter_buffer_depth = Gauge(
+            "jitter_buffer_depth_frames",
+            "Frames waiting in jitter buffers, summed over a door's calls.",
+            ["door"],
+            registry=r,
+        )
+
+        # Labelled series exist from the first scrape (at 0), so every spec metric is
+        # visible at once and rate() has a starting point.
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+            for kind in BACKEND_ERROR_KINDS:
+                self.errors.labels(stage=stage, error_type=kind)
+
+    def stage(self, stage: str, seconds: float) -> None:
+        """Observe one stage duration (`stage` is asr, llm or tts)."""
+        self.stage_duration.labels(stage=stage).observe(seconds)
+
+    def error(self, stage: str, error_type: str) -> None:
+        """Count one error at `stage` (asr, llm, tts, protocol, decode, ...)."""
+        self.errors.labels(stage=stage, error_type=error_type).inc()
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format (for `/metrics`)."""
+        return generate_latest(self.registry)

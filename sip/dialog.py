@@ -1,0 +1,159 @@
+"""Dialogs (RFC 3261 §12): identity, CSeq checks, route set, in-dialog requests, BYE."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sip.api import CallInfo
+from sip.message import NameAddr, SipParseError, SipRequest, SipResponse, SipUri
+from sip.sdp import SessionDescription
+from sip.transport import DEFAULT_PORT, Source, TransportName
+
+log = logging.getLogger("sip.dialog")
+
+
+@dataclass(frozen=True)
+class DialogId:
+    """Call-ID plus our tag and theirs."""
+
+    call_id: str
+    local_tag: str
+    remote_tag: str
+
+
+class DialogHost(Protocol):
+    """What a dialog needs from the UAS core."""
+
+    async def send_request(self, dialog: SipDialog, request: SipRequest) -> SipResponse | None:
+        """Send an in-dialog request through a client transaction; the final response or
+        None on timeout/transport failure."""
+        ...
+
+    def dialog_ended(self, dialog: SipDialog, reason: str) -> None:
+        """Forget the dialog and tell the application (once)."""
+        ...
+
+
+@dataclass
+class Target:
+    """Where in-dialog requests go."""
+
+    transport: TransportName
+    host: str
+    port: int
+
+
+@dataclass
+class SipDialog:
+    """One call's dialog, UAS side. Implements `sip.api.Dialog`."""
+
+    id: DialogId
+    info: CallInfo
+    local_uri: str  # our To header value, with our tag
+    remote_uri: str  # their From header value, with their tag
+    remote_target: str  # their Contact URI
+    route_set: list[str]
+    remote_cseq: int
+    source: Source  # where the INVITE came from (TCP: the connection to reuse)
+    host: DialogHost
+    local_cseq: int = field(default_factory=lambda: secrets.randbelow(10000) + 1)
+    state: str = "early"  # early (2xx sent, no ACK yet) -> confirmed -> terminated
+    session_id: int = field(default_factory=lambda: secrets.randbelow(2**31))
+    session_version: int = 1
+    offer_sdp: SessionDescription | None = None
+    reinvite_pending: bool = False  # a re-INVITE of theirs awaits its final response or ACK
+    our_reinvite_pending: bool = False  # we never send re-INVITEs today; kept for 491 glare
+    ack_wait_s: float = 32.0  # 64*T1: how long hangup() waits for the ACK of our 2xx
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+    _hangup: asyncio.Task[None] | None = None
+
+    @property
+    def call_id(self) -> str:
+        """The dialog's Call-ID."""
+        return self.id.call_id
+
+    def check_cseq(self, request: SipRequest) -> bool:
+        """RFC 3261 §12.2.2: False when the request is out of order (answer 500)."""
+        number = request.cseq.number
+        if request.method in ("ACK", "CANCEL"):
+            return True
+        if number < self.remote_cseq:
+            return False
+        self.remote_cseq = number
+        return True
+
+    def update_target(self, request: SipRequest) -> None:
+        """A target-refresh request (re-INVITE) may carry a new Contact."""
+        contact = request.get("Contact")
+        if contact:
+            try:
+                self.remote_target = NameAddr.parse(contact).uri
+            except SipParseError:
+                pass
+
+    def destination(self) -> Target:
+        """Next hop for in-dialog requests: the first route (loose routing), else the
+        remote target; the transport from the URI, else the one the call arrived on."""
+        uri_text = self.route_set[0] if self.route_set else self.remote_target
+        try:
+            uri = SipUri.parse(NameAddr.parse(uri_text).uri if "<" in uri_text else uri_text)
+        except SipParseError:
+            return Target(self.source.transport, *self.source.addr)
+        transport_param = (uri.params.get("transport") or "").lower()
+        transport: TransportName = (
+            "tcp"
+            if transport_param == "tcp"
+            else "udp"
+            if transport_param == "udp"
+            else self.source.transport
+        )
+        return Target(transport, uri.host, uri.port or DEFAULT_PORT)
+
+    def new_request(self, method: str) -> SipRequest:
+        """An in-dialog request (no Via yet: the UAS adds it for the chosen transport)."""
+        self.local_cseq += 1
+        req = SipRequest(method=method, uri=self.remote_target)
+        for route in self.route_set:
+            req.add("Route", route)
+        req.add("Max-Forwards", "70")
+        req.add("From", self.local_uri)
+        req.add("To", self.remote_uri)
+        req.add("Call-ID", self.call_id)
+        req.add("CSeq", f"{self.local_cseq} {method}")
+        return req
+
+    async def hangup(self) -> None:
+        """Send BYE (the bridge ends the call). Idempotent; waits for the ACK first when
+        our 2xx is still unacknowledged (RFC 3261 §15)."""
+        if self.state == "terminated" and self._hangup is None:
+            return
+        if self._hangup is None:
+            self._hangup = asyncio.create_task(self._send_bye(wait_for_ack=True))
+        await asyncio.shield(self._hangup)
+
+    async def bye_now(self, reason: str = "shutdown") -> None:
+        """Send BYE without waiting for an ACK (shutdown, or the ACK never came)."""
+        if self.state == "terminated" and self._hangup is None:
+            return
+        if self._hangup is None:
+            self._hangup = asyncio.create_task(self._send_bye(False, reason))
+        await asyncio.shield(self._hangup)
+
+    async def _send_bye(self, wait_for_ack: bool, reason: str = "hangup") -> None:
+        if wait_for_ack and not self.acked.is_set():
+            try:
+                await asyncio.wait_for(self.acked.wait(), self.ack_wait_s)
+            except TimeoutError:
+                pass
+        if self.state == "terminated":
+            return
+        self.state = "terminated"
+        log.info("call_id=%s sending BYE", self.call_id)
+        response = await self.host.send_request(self, self.new_request("BYE"))
+        status = response.status if response is not None else 0
+        log.info("call_id=%s BYE answered %s", self.call_id, status or "(no answer)")
+        self.host.dialog_ended(self, reason)

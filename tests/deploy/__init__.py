@@ -1,0 +1,1 @@
+"""Deployment checks: compose, Dockerfiles, monitoring, host scripts, the latency summary."""

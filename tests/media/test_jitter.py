@@ -1,0 +1,223 @@
+"""Jitter buffer: the seeded acceptance schedule, wrap, jumps, SSRC change, late/duplicate, G.711 fade."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from media.g711 import ulaw_decode, ulaw_encode
+from media.jitter import JitterBuffer, fade_repeat
+from media.rtp import RtpPacket
+
+FRAME = 160  # 20 ms at 8 kHz
+CONCEALED = -1
+
+
+def _decode(payload: bytes) -> np.ndarray:
+    """Test codec: a frame whose every sample is the packet's index."""
+    (index,) = struct.unpack("!H", payload[:2])
+    return np.full(FRAME, index, np.int16)
+
+
+def _conceal(_last: np.ndarray | None) -> np.ndarray:
+    return np.full(FRAME, CONCEALED, np.int16)
+
+
+def _buffer(**kw: object) -> JitterBuffer:
+    return JitterBuffer(8000, FRAME, 60, decode=_decode, conceal=_conceal, **kw)  # type: ignore[arg-type]
+
+
+def _packet(i: int, seq0: int = 0, ts0: int = 0, ssrc: int = 0x1234) -> RtpPacket:
+    return RtpPacket(0, (seq0 + i) & 0xFFFF, (ts0 + i * FRAME) & 0xFFFFFFFF, ssrc, struct.pack("!H", i))
+
+
+def _run(jb: JitterBuffer, arrivals: list[tuple[float, RtpPacket]], ticks: int, phase_ms: float = 10.0) -> list[int]:
+    """Push packets at their arrival times and pop once per 20 ms; the frame identity per tick."""
+    arrivals = sorted(arrivals, key=lambda a: a[0])
+    out, k = [], 0
+    for tick in range(ticks):
+        now = tick * 20.0 + phase_ms
+        while k < len(arrivals) and arrivals[k][0] <= now:
+            jb.push(arrivals[k][1])
+            k += 1
+        frame = jb.pop()
+        assert frame.shape == (FRAME,) and frame.dtype == np.int16
+        assert np.all(frame == frame[0])
+        out.append(int(frame[0]))
+    return out
+
+
+def _schedule(seed: int, n: int) -> tuple[list[tuple[float, RtpPacket]], set[int], int]:
+    """5% loss, 10% reordered (delayed 20-40 ms), 2% duplicated, sequence numbers wrapping mid-way."""
+    rng = random.Random(seed)
+    arrivals: list[tuple[float, RtpPacket]] = []
+    lost: set[int] = set()
+    duplicates = 0
+    seq0 = 0x10000 - n // 2  # wraps half way through
+    for i in range(n):
+        if 5 <= i < n - 5 and rng.random() < 0.05:
+            lost.add(i)
+            continue
+        t = i * 20.0 + rng.uniform(0, 5)
+        if rng.random() < 0.10:
+            t += rng.uniform(20, 40)
+        packet = _packet(i, seq0=seq0, ts0=0xFFFFFFFF - 40 * FRAME)
+        arrivals.append((t, packet))
+        if rng.random() < 0.02:
+            arrivals.append((t + rng.uniform(0, 40), packet))
+            duplicates += 1
+    return arrivals, lost, duplicates
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_acceptance_schedule_loss_reorder_duplicates_and_wrap(seed: int) -> None:
+    n = 1500
+    arrivals, lost, duplicates = _schedule(seed, n)
+    assert any(p.sequence == 0 for _, p in arrivals)  # the schedule really wraps
+    jb = _buffer()
+    delay_ticks = 3
+    out = _run(jb, arrivals, n + delay_ticks + 1)
+    # Before the first packet plus the playout delay: silence; then every index in order,
+    # concealment exactly where a packet was lost, nothing skipped, nothing repeated.
+    start = out.index(0)
+    assert out[:start] == [0] * start and start == delay_ticks + 1
+    expected = [CONCEALED if i in lost else i for i in range(n)]
+    assert out[start : start + n] == expected
+    stats = jb.stats
+    assert stats.lost == len(lost)
+    assert stats.concealed == len(lost)
+    assert stats.duplicate == duplicates
+    assert stats.late == 0
+    assert stats.received == n - len(lost)
+    assert stats.depth == 0
+
+
+def test_silence_before_first_packet_and_after_stream_stops() -> None:
+    jb = _buffer(max_conceal_frames=2)
+    assert not jb.pop().any()
+    out = _run(jb, [(i * 20.0, _packet(i)) for i in range(5)], 12)
+    assert out == [0, 0, 0, 0, 1, 2, 3, 4, CONCEALED, CONCEALED, 0, 0]
+    assert jb.stats.concealed == 2 and jb.stats.lost == 0
+
+
+def test_late_packet_is_dropped_and_counted() -> None:
+    arrivals = [(i * 20.0, _packet(i)) for i in range(10) if i != 4]
+    arrivals.append((4 * 20.0 + 200, _packet(4)))  # far beyond the playout delay
+    jb = _buffer()
+    out = _run(jb, arrivals, 14)
+    assert out[3:13] == [0, 1, 2, 3, CONCEALED, 5, 6, 7, 8, 9]
+    assert (jb.stats.late, jb.stats.lost, jb.stats.concealed) == (1, 0, 1)
+
+
+def test_timestamp_jump_is_seamless() -> None:
+    arrivals = []
+    for i in range(30):
+        p = _packet(i)
+        if i >= 10:
+            p = RtpPacket(0, p.sequence, (p.timestamp + 987654) & 0xFFFFFFFF, p.ssrc, p.payload)
+        arrivals.append((i * 20.0, p))
+    jb = _buffer()
+    out = _run(jb, arrivals, 34)
+    assert out[3:33] == list(range(30))
+    assert jb.stats.resyncs == 1 and jb.stats.concealed == 0
+
+
+def test_backward_timestamp_jump_is_seamless() -> None:
+    arrivals = [(i * 20.0, _packet(i, ts0=5_000_000 if i < 10 else 0)) for i in range(30)]
+    out = _run(_buffer(), arrivals, 34)
+    assert out[3:33] == list(range(30))
+
+
+def test_ssrc_change_continues_without_gap() -> None:
+    arrivals = [(i * 20.0, _packet(i)) for i in range(10)]
+    arrivals += [(i * 20.0, _packet(i, seq0=40000, ts0=123456, ssrc=0xBEEF)) for i in range(10, 20)]
+    arrivals.append((10 * 20.0 + 5, _packet(9)))  # a straggler from the old SSRC
+    jb = _buffer()
+    out = _run(jb, arrivals, 24)
+    assert out[3:23] == list(range(20))
+    assert jb.stats.resyncs == 1
+
+
+def test_dtx_gap_plays_in_real_time() -> None:
+    # Sender stops for 1 s (timestamps keep running) and resumes with the next sequence number.
+    arrivals = [(i * 20.0, _packet(i)) for i in range(10)]
+    arrivals += [(i * 20.0, RtpPacket(0, i - 50, i * FRAME, 0x1234, struct.pack("!H", i))) for i in range(60, 70)]
+    jb = _buffer(max_conceal_frames=1)
+    out = _run(jb, arrivals, 74)
+    assert out[3:13] == list(range(10))
+    assert out[63:73] == list(range(60, 70))
+    assert jb.stats.lost == 0
+
+
+def test_sender_clock_running_fast_is_pulled_back() -> None:
+    # Packets arrive 10% faster than the tick: the buffer must not grow without bound.
+    arrivals = [(i * 18.0, _packet(i)) for i in range(400)]
+    jb = _buffer()
+    _run(jb, arrivals, 360)
+    assert jb.stats.dropped > 0
+    assert jb.stats.depth_ms <= 60 + 100 + 20
+
+
+def test_sender_clock_running_slow_recovers() -> None:
+    arrivals = [(i * 22.0, _packet(i)) for i in range(300)]
+    jb = _buffer()
+    out = _run(jb, arrivals, 330)
+    played = [x for x in out if x > 0]
+    assert played == sorted(played)
+    assert len(played) > 250
+
+
+def test_undecodable_payload_is_concealed() -> None:
+    def decode(payload: bytes) -> np.ndarray:
+        if payload == b"bad":
+            raise ValueError("bad payload")
+        return _decode(payload)
+
+    jb = JitterBuffer(8000, FRAME, 60, decode=decode, conceal=_conceal)
+    arrivals = [(i * 20.0, _packet(i)) for i in range(6)]
+    arrivals[3] = (60.0, RtpPacket(0, 3, 3 * FRAME, 0x1234, b"bad"))
+    out = _run(jb, arrivals, 10)
+    assert out[3:9] == [0, 1, 2, CONCEALED, 4, 5]
+    assert jb.stats.invalid == 1
+
+
+def test_dtmf_packets_marked_received_are_not_lost() -> None:
+    jb = _buffer()
+    for i in range(10):
+        if i in (4, 5):
+            jb.mark_received(_packet(i))
+        else:
+            jb.push(_packet(i))
+    assert jb.stats.lost == 0 and jb.stats.received == 10
+
+
+def test_g711_fade_repeat_halves_and_reaches_silence() -> None:
+    tone = (np.sin(np.arange(FRAME) / 3) * 8000).astype(np.int16)
+    jb = JitterBuffer(8000, FRAME, 60, decode=ulaw_decode)
+    arrivals = [(i * 20.0, RtpPacket(0, i, i * FRAME, 1, ulaw_encode(tone))) for i in range(5)]
+    arrivals = [a for a in arrivals if a[1].sequence != 4] + [(200.0, RtpPacket(0, 5, 5 * FRAME, 1, ulaw_encode(tone)))]
+    levels = []
+    for tick in range(16):
+        for t, p in arrivals:
+            if tick * 20.0 < t + 10 <= tick * 20.0 + 20:
+                jb.push(p)
+        levels.append(float(np.abs(jb.pop().astype(np.int32)).max()))
+    assert fade_repeat(None) is None
+    peak = max(levels)
+    concealed = levels[7]  # slot of the lost packet 4
+    assert 0.4 * peak < concealed < 0.6 * peak
+    assert levels[8] == pytest.approx(peak, rel=0.05)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1), st.lists(st.integers(0, 60), min_size=40, max_size=40))
+def test_never_stalls_and_never_reorders(seq0: int, ts0: int, jitter_ms: list[int]) -> None:
+    arrivals = [(i * 20.0 + j, _packet(i, seq0, ts0)) for i, j in enumerate(jitter_ms)]
+    out = _run(_buffer(playout_delay_ms=40), arrivals, 50)
+    played = [x for x in out if x != CONCEALED and x != 0]
+    assert played == sorted(set(played))

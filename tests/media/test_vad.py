@@ -1,0 +1,167 @@
+"""VAD acceptance (spec §5) on a spoken fixture, transients, chunking, run-time threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from media.vad import EnergyVAD, SileroVAD, SpeechStarted, UtteranceEnded, VadEvent, rms_dbfs
+from tests.support import espeak_pcm, with_silence
+
+RATE = 16000
+FRAME = 320
+
+
+@pytest.fixture(scope="module")
+def sentence() -> np.ndarray:
+    """1 s silence, a spoken sentence, 1 s silence at 16 kHz."""
+    return with_silence(espeak_pcm(rate=RATE), RATE)
+
+
+def _feed(vad: EnergyVAD | SileroVAD, pcm: np.ndarray, chunk: int = FRAME) -> list[tuple[float, VadEvent]]:
+    """Events with the stream time at which each was returned."""
+    out = []
+    for start in range(0, len(pcm), chunk):
+        piece = pcm[start : start + chunk]
+        out += [((start + len(piece)) / RATE, e) for e in vad.process(piece)]
+    return out
+
+
+def _speech_frames(pcm: np.ndarray, threshold_db: float = -30.0) -> np.ndarray:
+    levels = np.array([rms_dbfs(pcm[i : i + FRAME]) for i in range(0, len(pcm) - FRAME + 1, FRAME)])
+    return np.flatnonzero(levels >= threshold_db)
+
+
+def _burst(ms: int, amp: int = 8000) -> np.ndarray:
+    n = RATE * ms // 1000
+    return (np.sin(np.arange(n) * 2 * np.pi * 700 / RATE) * amp).astype(np.int16)
+
+
+def test_fixture_gives_exactly_one_utterance_with_spec_timing(sentence: np.ndarray) -> None:
+    events = _feed(EnergyVAD(), sentence)
+    kinds = [type(e) for _, e in events]
+    assert kinds == [SpeechStarted, UtteranceEnded]
+    (started_at, started), (ended_at, ended) = events
+    assert isinstance(started, SpeechStarted) and isinstance(ended, UtteranceEnded)
+
+    speech = _speech_frames(sentence)
+    onset, last_end = speech[0] * FRAME / RATE, (speech[-1] + 1) * FRAME / RATE
+    assert started.time_s == pytest.approx(onset)
+    assert ended.speech_start_s == pytest.approx(onset)
+    assert ended.speech_end_s == pytest.approx(last_end)
+    assert started_at >= onset + 0.25  # confirmed only after min_speech_ms
+    assert 0.300 - 1e-9 <= ended_at - ended.speech_end_s <= 0.320 + 1e-9
+
+    # Pre-roll: the utterance audio starts >= 200 ms before onset, and is the fixture's own audio.
+    assert ended.audio_start_s <= ended.speech_start_s - 0.2
+    first = round(ended.audio_start_s * RATE)
+    np.testing.assert_array_equal(ended.pcm, sentence[first : first + len(ended.pcm)])
+    assert first + len(ended.pcm) >= round(ended.speech_end_s * RATE)
+
+
+@pytest.mark.parametrize("ms", [20, 100, 240])
+def test_transients_shorter_than_min_speech_give_nothing(ms: int) -> None:
+    pcm = with_silence(_burst(ms), RATE)
+    assert _feed(EnergyVAD(), pcm) == []
+
+
+def test_burst_just_over_min_speech_is_an_utterance() -> None:
+    events = [e for _, e in _feed(EnergyVAD(), with_silence(_burst(260), RATE))]
+    assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded]
+
+
+def test_pause_shorter_than_timeout_keeps_one_utterance() -> None:
+    gap = np.zeros(RATE * 200 // 1000, np.int16)
+    pcm = with_silence(np.concatenate([_burst(300), gap, _burst(300)]), RATE)
+    ended = [e for _, e in _feed(EnergyVAD(), pcm) if isinstance(e, UtteranceEnded)]
+    assert len(ended) == 1
+    assert ended[0].speech_end_s - ended[0].speech_start_s == pytest.approx(0.8)
+
+
+def test_pause_longer_than_timeout_splits_utterances() -> None:
+    gap = np.zeros(RATE * 400 // 1000, np.int16)
+    pcm = with_silence(np.concatenate([_burst(300), gap, _burst(300)]), RATE)
+    ended = [e for _, e in _feed(EnergyVAD(), pcm) if isinstance(e, UtteranceEnded)]
+    assert len(ended) == 2
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 2000), min_size=1, max_size=30))
+def test_any_chunking_gives_the_same_events(sizes: list[int]) -> None:
+    pcm = with_silence(np.concatenate([_burst(400), np.zeros(3000, np.int16), _burst(300)]), RATE, 0.3, 0.5)
+    expected = [e for _, e in _feed(EnergyVAD(), pcm)]
+    vad, got, pos = EnergyVAD(), [], 0
+    for size in sizes * (len(pcm) // sum(sizes) + 1):
+        got += vad.process(pcm[pos : pos + size])
+        pos += size
+        if pos >= len(pcm):
+            break
+    assert [type(e) for e in got] == [type(e) for e in expected]
+    for a, b in zip(got, expected, strict=True):
+        if isinstance(a, UtteranceEnded) and isinstance(b, UtteranceEnded):
+            np.testing.assert_array_equal(a.pcm, b.pcm)
+            assert (a.speech_start_s, a.speech_end_s) == (b.speech_start_s, b.speech_end_s)
+        else:
+            assert a == b
+
+
+def test_threshold_can_be_raised_at_run_time(sentence: np.ndarray) -> None:
+    vad = EnergyVAD()
+    vad.threshold_db = -3.0  # e.g. while the bot is speaking
+    assert _feed(vad, sentence) == []
+    vad.threshold_db = -30.0
+    assert len(_feed(vad, sentence)) == 2
+
+
+def test_long_speech_is_cut_at_max_utterance() -> None:
+    vad = EnergyVAD(max_utterance_ms=2000)
+    ended = [e for _, e in _feed(vad, _burst(5000)) if isinstance(e, UtteranceEnded)]
+    assert len(ended) == 2
+    assert len(ended[0].pcm) == 2 * RATE
+
+
+def test_reset_restarts_the_clock() -> None:
+    vad = EnergyVAD()
+    vad.process(_burst(200))
+    vad.reset()
+    events = [e for _, e in _feed(vad, with_silence(_burst(300), RATE, 0.5, 0.5))]
+    assert isinstance(events[0], SpeechStarted)
+    assert events[0].time_s == pytest.approx(0.5)
+
+
+def test_rms_dbfs_reference_levels() -> None:
+    assert rms_dbfs(np.full(320, 32767, np.int16)) == pytest.approx(0.0, abs=0.01)
+    assert rms_dbfs(_burst(20, 16384)) == pytest.approx(-9.03, abs=0.05)  # sine: -3 dB, half scale: -6 dB
+    assert rms_dbfs(np.zeros(320, np.int16)) == -120.0
+
+
+@pytest.fixture(scope="module")
+def silero() -> SileroVAD:
+    return SileroVAD()
+
+
+def test_silero_fixture_gives_one_utterance(silero: SileroVAD, sentence: np.ndarray) -> None:
+    silero.reset()
+    events = _feed(silero, sentence)
+    assert [type(e) for _, e in events] == [SpeechStarted, UtteranceEnded]
+    ended = events[1][1]
+    assert isinstance(ended, UtteranceEnded)
+    assert 0.9 <= ended.speech_start_s <= 1.2
+    assert ended.audio_start_s <= ended.speech_start_s - 0.2
+    assert 0.300 - 1e-9 <= events[1][0] - ended.speech_end_s <= 0.320 + 0.032
+
+
+def test_silero_ignores_a_click_and_a_tone(silero: SileroVAD) -> None:
+    silero.reset()
+    click = np.zeros(RATE * 100 // 1000, np.int16)
+    click[::40] = 20000
+    assert _feed(silero, with_silence(click, RATE)) == []
+    silero.reset()
+    assert _feed(silero, with_silence(_burst(100), RATE)) == []
+
+
+def test_silero_rejects_other_rates() -> None:
+    with pytest.raises(ValueError):
+        SileroVAD(sample_rate=8000)

@@ -1,0 +1,344 @@
+"""The call pipeline with in-test backends: ordering, streaming, barge-in, errors, cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from bridge.call import Call, Pools
+from bridge.calls import CallManager
+from bridge.config import Settings
+from bridge.contract import CallLimitExceeded, CallOptions
+from bridge.metrics import Metrics
+from tests.pipeline.fakes import (
+    FakeBackends,
+    FakeLLM,
+    FakeTTS,
+    RecordingSink,
+    backend_error,
+    silence,
+    tone,
+)
+
+FRAME = 320
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(_env_file=None, sip_enabled=False, **overrides)  # type: ignore[call-arg]
+
+
+def open_call(
+    backends: FakeBackends, mode: str = "conversation", **overrides: Any
+) -> tuple[Call, RecordingSink, Metrics]:
+    s = settings(**overrides)
+    metrics = Metrics()
+    sink = RecordingSink()
+    call = Call(
+        CallOptions(door="websocket", mode=mode),  # type: ignore[arg-type]
+        sink,
+        s,
+        backends,
+        metrics,
+        Pools.from_settings(s),
+    )
+    sink.call = call
+    call.start()
+    return call, sink, metrics
+
+
+async def feed(call: Call, pcm: npt.NDArray[np.int16], realtime: bool = False) -> None:
+    """Feed 20 ms frames, yielding to the call between frames (paced at real time if asked)."""
+    start = time.monotonic()
+    for i in range(0, pcm.size, FRAME):
+        call.feed(pcm[i : i + FRAME])
+        if realtime:
+            await asyncio.sleep(max(0.0, start + (i + FRAME) / 16000 - time.monotonic()))
+        else:
+            await asyncio.sleep(0)
+
+
+def utterance(seconds: float = 0.6) -> npt.NDArray[np.int16]:
+    return np.concatenate([silence(0.3), tone(seconds), silence(0.5)])
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+async def test_conversation_turn_streams_in_order() -> None:
+    backends = FakeBackends(
+        llm=FakeLLM("Sure thing. The price is 3.5 dollars, Mr. Smith. Anything else? Bye.", 0.03),
+        tts_piper=FakeTTS(0.4, delay_s=0.02),
+    )
+    call, sink, metrics = open_call(backends)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+
+    types = sink.types()
+    assert types[0] == "transcript"
+    assert types[-1] == "metrics"
+    assert types.count("llm_done") == 1
+    assert sink.events[0] == {
+        "type": "transcript",
+        "text": "hello there",
+        "latency_ms": sink.events[0]["latency_ms"],
+    }
+    # the sentences are spoken in order, one audio and one tts_ready each
+    expected = ["Sure thing.", "The price is 3.5 dollars, Mr. Smith.", "Anything else?", "Bye."]
+    assert backends.tts_piper.texts == expected
+    assert [backends.tts_piper.by_audio[id(a)] for a in sink.audio] == expected
+    assert types.count("tts_ready") == len(expected)
+    # TTS began while the LLM was still generating, and audio preceded llm_done
+    assert backends.llm.finished_at is not None
+    assert backends.tts_piper.started_at[0] < backends.llm.finished_at
+    kinds = [k for k, _ in sink.log]
+    assert kinds.index("audio") < types.index("llm_done") + kinds.count("audio")
+    first_audio = kinds.index("audio")
+    llm_done_at = next(
+        i for i, (k, e) in enumerate(sink.log) if k == "event" and e["type"] == "llm_done"
+    )
+    assert first_audio < llm_done_at
+    # tokens reassemble into the llm_done text
+    tokens = "".join(e["token"] for e in sink.events if e["type"] == "llm_token")
+    done = next(e for e in sink.events if e["type"] == "llm_done")
+    assert tokens.strip() == done["text"]
+    assert isinstance(done["latency_ms"], int)
+    # the metrics event (spec field names) and Prometheus
+    m = sink.events[-1]
+    for key in ("asr_ms", "llm_ms", "tts_ms", "total_ms"):
+        assert isinstance(m[key], int) and m[key] >= 0, key
+    assert m["llm_first_token_ms"] <= m["llm_ms"]
+    assert m["interrupted"] is False
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="asr") == 1
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="llm") == 1
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="tts") == len(expected)
+    assert sample(metrics, "pipeline_e2e_duration_seconds_count") == 1
+    assert sample(metrics, "vad_speech_segments_total") == 1
+    assert sample(metrics, "audio_chunks_processed_total") == len(range(0, utterance().size, FRAME))
+    # the LLM got the system prompt and the caller's words
+    assert backends.llm.calls[0][0]["role"] == "system"
+    assert backends.llm.calls[0][-1] == {"role": "user", "content": "hello there"}
+
+
+async def test_history_carries_into_the_next_turn() -> None:
+    backends = FakeBackends()
+    backends.asr.texts = ["first question", "second question"]
+    call, sink, _ = open_call(backends)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("metrics")
+        await feed(call, utterance())
+        await sink.wait_for("metrics", 2)
+    finally:
+        await call.close()
+    second = backends.llm.calls[1]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[1]["content"] == "first question"
+    assert second[2]["content"] == backends.llm.reply
+    assert second[3]["content"] == "second question"
+
+
+async def test_transcribe_only_makes_no_llm_or_tts_calls() -> None:
+    backends = FakeBackends()
+    call, sink, metrics = open_call(backends, mode="transcribe_only")
+    try:
+        await feed(call, utterance())
+        await feed(call, utterance())
+        await sink.wait_for("metrics", 2)
+    finally:
+        await call.close()
+    assert sink.types() == ["transcript", "metrics", "transcript", "metrics"]
+    assert backends.llm.calls == []
+    assert backends.tts_piper.texts == []
+    assert sink.audio == []
+    assert sink.events[1]["llm_ms"] is None and sink.events[1]["tts_ms"] is None
+    assert isinstance(sink.events[1]["total_ms"], int)
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="llm") == 0
+
+
+@pytest.mark.parametrize("stage", ["asr", "llm", "tts"])
+async def test_backend_error_reports_and_the_call_carries_on(stage: str) -> None:
+    backends = FakeBackends()
+    target: Any = {"asr": backends.asr, "llm": backends.llm, "tts": backends.tts_piper}[stage]
+    target.errors.append(backend_error(stage, "timeout"))
+    call, sink, metrics = open_call(backends)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("error")
+        if stage != "asr":
+            await sink.wait_for("metrics")
+        await feed(call, utterance())
+        await sink.wait_for("metrics", 1 if stage == "asr" else 2)
+    finally:
+        await call.close()
+    error = next(e for e in sink.events if e["type"] == "error")
+    assert error["stage"] == stage
+    assert "timeout" in error["message"]
+    assert sample(metrics, "pipeline_errors_total", stage=stage, error_type="timeout") == 1
+    # the next turn is complete: transcript, reply, audio, metrics
+    after_error = sink.types()[sink.types().index("error") + 1 :]
+    assert "transcript" in after_error
+    assert "tts_ready" in after_error
+    assert sink.events[-1]["type"] == "metrics"
+    assert sink.events[-1]["tts_ms"] is not None
+
+
+async def test_unexpected_exception_is_an_error_event_too() -> None:
+    backends = FakeBackends()
+    backends.tts_piper.errors.append(RuntimeError("boom"))
+    call, sink, metrics = open_call(backends)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    assert {"type": "error", "stage": "tts", "message": "boom"} in sink.events
+    assert sample(metrics, "pipeline_errors_total", stage="tts", error_type="internal") == 1
+    assert len(sink.audio) == len(backends.tts_piper.texts) - 1
+
+
+async def test_barge_in_clears_audio_and_cancels_the_reply() -> None:
+    backends = FakeBackends(
+        llm=FakeLLM("One. Two. Three. Four. Five. Six. Seven. Eight.", token_delay_s=0.15),
+        tts_piper=FakeTTS(seconds_per_sentence=3.0),
+    )
+    call, sink, metrics = open_call(backends)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("tts_ready")
+        assert sink.audio and call.bot_speaking()
+        onset = call.stream_time_s + 0.2
+        await feed(call, np.concatenate([silence(0.2), tone(0.5), silence(0.5)]), realtime=True)
+        await sink.wait_for("metrics")
+        cancelled_by_barge_in = backends.llm.cancelled
+    finally:
+        await call.close()
+    assert len(sink.clears) == 1
+    assert call.speech_started_at_s is not None
+    # in stream time, audio was cleared within 100 ms of the VAD's speech start
+    assert 0.0 <= sink.clears[0] - call.speech_started_at_s <= 0.1
+    # and the VAD confirmed speech within its min-speech window (+ one frame) of the onset
+    assert call.speech_started_at_s - onset <= 0.25 + 0.1
+    assert cancelled_by_barge_in == 1
+    # nothing more of the interrupted reply was spoken: after the clear, no audio comes
+    # before the barge-in utterance's own transcript
+    clear_at = next(i for i, (k, _) in enumerate(sink.log) if k == "clear")
+    after = sink.log[clear_at + 1 :]
+    next_transcript = next(
+        (i for i, (k, e) in enumerate(after) if k == "event" and e["type"] == "transcript"),
+        len(after),
+    )
+    assert not any(k == "audio" for k, _ in after[:next_transcript])
+    first_metrics = next(e for e in sink.events if e["type"] == "metrics")
+    assert first_metrics["interrupted"] is True
+    assert sample(metrics, "pipeline_barge_ins_total") == 1
+
+
+async def test_quiet_speech_does_not_barge_in_while_the_bot_talks() -> None:
+    """Echo-level audio (above VAD_SPEECH_THRESHOLD_DB, below BARGE_IN_THRESHOLD_DB)."""
+    backends = FakeBackends(tts_piper=FakeTTS(seconds_per_sentence=3.0))
+    call, sink, _ = open_call(backends, vad_speech_threshold_db=-40, barge_in_threshold_db=-20)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("tts_ready")
+        await feed(call, np.concatenate([tone(0.5, dbfs=-30), silence(0.4)]), realtime=True)
+    finally:
+        await call.close()
+    assert sink.clears == []
+
+
+async def test_barge_in_disabled_keeps_talking() -> None:
+    backends = FakeBackends(tts_piper=FakeTTS(seconds_per_sentence=3.0))
+    call, sink, _ = open_call(backends, barge_in=False)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("tts_ready")
+        await feed(call, np.concatenate([tone(0.5), silence(0.4)]), realtime=True)
+    finally:
+        await call.close()
+    assert sink.clears == []
+
+
+async def test_close_cancels_every_task() -> None:
+    backends = FakeBackends(llm=FakeLLM("word " * 200, token_delay_s=0.05))
+    call, sink, _ = open_call(backends)
+    await feed(call, utterance())
+    await sink.wait_for("llm_token")
+    assert call.task_count >= 3  # reader, turns, reply (+ its children)
+    await call.close("test")
+    await asyncio.sleep(0)
+    assert call.task_count == 0
+    leftovers = [t for t in asyncio.all_tasks() if t.get_name().startswith(f"call-{call.call_id}")]
+    assert leftovers == []
+    assert backends.llm.cancelled == 1
+    await call.close("again")  # idempotent
+    call.feed(tone(0.1))  # ignored after close, no error
+
+
+async def test_feed_never_blocks_and_drops_the_oldest() -> None:
+    backends = FakeBackends()
+    call, _, metrics = open_call(backends)
+    try:
+        for _ in range(600):  # no yield: the reader cannot run
+            call.feed(silence(0.02))
+        assert call.dropped_frames == 100
+        assert sample(metrics, "pipeline_audio_chunks_dropped_total") == 100
+        call.feed(np.array([[1.5, 2.5]]))  # wrong dtype and shape: converted, not raised
+        call.feed(np.zeros(0, np.int16))
+    finally:
+        await call.close()
+
+
+async def test_dtmf_event_in_order() -> None:
+    call, sink, _ = open_call(FakeBackends())
+    try:
+        call.dtmf("5")
+        call.dtmf("#")
+        await sink.wait_for("dtmf", 2)
+    finally:
+        await call.close()
+    assert [e for e in sink.events if e["type"] == "dtmf"] == [
+        {"type": "dtmf", "digit": "5"},
+        {"type": "dtmf", "digit": "#"},
+    ]
+
+
+async def test_manager_limit_and_shutdown() -> None:
+    s = settings(max_concurrent_calls=2)
+    metrics = Metrics()
+    manager = CallManager(s, FakeBackends(), metrics)
+    sinks = [RecordingSink() for _ in range(3)]
+    a = await manager.open(CallOptions(door="sip"), sinks[0])
+    await manager.open(CallOptions(door="websocket"), sinks[1])
+    with pytest.raises(CallLimitExceeded):
+        await manager.open(CallOptions(door="sip"), sinks[2])
+    assert manager.active == 2
+    assert sample(metrics, "pipeline_calls_active") == 2
+    assert sample(metrics, "pipeline_calls_rejected_total", door="sip") == 1
+    await a.close()
+    assert manager.active == 1
+    await manager.shutdown(1.0)
+    assert manager.active == 0
+    assert sinks[1].hangups == ["shutdown"]
+    assert sample(metrics, "pipeline_calls_active") == 0
+    assert sample(metrics, "pipeline_calls_total") == 2
+    with pytest.raises(CallLimitExceeded):
+        await manager.open(CallOptions(door="websocket"), RecordingSink())
+
+
+async def test_unknown_tts_engine_is_refused() -> None:
+    from bridge.calls import UnknownTtsEngine
+
+    manager = CallManager(settings(), FakeBackends(), Metrics())
+    with pytest.raises(UnknownTtsEngine, match="coqui"):
+        await manager.open(CallOptions(door="websocket", tts_engine="coqui"), RecordingSink())
+    assert manager.active == 0

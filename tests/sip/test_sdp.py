@@ -1,0 +1,144 @@
+"""SDP parsing, codec choice and answer building (RFC 4566 / RFC 3264)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sip.api import Codec, MediaAnswer, SipReject
+from sip.sdp import (
+    NoCommonCodec,
+    SdpError,
+    build_answer,
+    choose_codec,
+    negotiate_direction,
+    parse_offer,
+    parse_sdp,
+)
+
+OFFER = """v=0
+o=alice 2890844526 2890844526 IN IP4 host.example.com
+s=-
+c=IN IP4 192.0.2.10
+t=0 0
+m=audio 49170 RTP/AVP {formats}
+{attrs}m=video 51372 RTP/AVP 31
+a=rtpmap:31 H261/90000
+"""
+
+ATTRS = {
+    "0": "",  # static payload type, no rtpmap needed
+    "8": "a=rtpmap:8 PCMA/8000\n",
+    "18": "a=rtpmap:18 G729/8000\n",
+    "96": "a=rtpmap:96 opus/48000/2\na=fmtp:96 useinbandfec=1\n",
+    "101": "a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-15\n",
+    "102": "a=rtpmap:102 telephone-event/48000\n",
+}
+
+
+def offer(*formats: str, extra: str = "") -> str:
+    attrs = "".join(ATTRS[f] for f in formats) + extra
+    return OFFER.format(formats=" ".join(formats), attrs=attrs)
+
+
+@pytest.mark.parametrize(
+    ("formats", "name", "rate", "channels", "dtmf"),
+    [
+        (("0", "101"), "PCMU", 8000, 1, 101),
+        (("8", "0"), "PCMA", 8000, 1, None),
+        (("18", "96", "102", "101"), "opus", 48000, 2, 102),
+        (("96", "101"), "opus", 48000, 2, 101),
+        (("18", "8", "101"), "PCMA", 8000, 1, 101),
+    ],
+)
+def test_choose_first_supported_codec(
+    formats: tuple[str, ...], name: str, rate: int, channels: int, dtmf: int | None
+) -> None:
+    media = parse_offer(offer(*formats))
+    assert media.address == "192.0.2.10" and media.port == 49170
+    codec, event = choose_codec(media)
+    assert (codec.name, codec.clock_rate, codec.channels) == (name, rate, channels)
+    assert (event.payload_type if event else None) == dtmf
+    if name == "opus":
+        assert codec.fmtp == "useinbandfec=1"
+
+
+def test_nothing_in_common_is_488() -> None:
+    with pytest.raises(NoCommonCodec) as info:
+        choose_codec(parse_offer(offer("18", "101")))
+    assert isinstance(info.value, SipReject) and info.value.status == 488
+
+
+@pytest.mark.parametrize(
+    ("offered", "answered"),
+    [
+        ("sendrecv", "sendrecv"),
+        ("sendonly", "recvonly"),
+        ("recvonly", "sendonly"),
+        ("inactive", "inactive"),
+    ],
+)
+def test_direction_mirrored(offered: str, answered: str) -> None:
+    media = parse_offer(offer("0", extra=f"a={offered}\n"))
+    assert media.direction == offered
+    codec, _ = choose_codec(media)
+    body = build_answer(
+        MediaAnswer("198.51.100.1", 30000, codec),
+        1,
+        offer=parse_sdp(offer("0")),
+        offer_direction=media.direction,
+    ).decode()
+    assert f"a={answered}\r\n" in body
+    assert negotiate_direction(media.direction) == answered
+
+
+def test_session_level_direction_and_old_hold() -> None:
+    text = offer("0").replace("t=0 0\n", "t=0 0\na=sendonly\n")
+    assert parse_offer(text).direction == "sendonly"
+    held = offer("0").replace("c=IN IP4 192.0.2.10", "c=IN IP4 0.0.0.0")
+    assert parse_offer(held).direction == "sendonly"
+
+
+def test_answer_rejects_other_streams_and_has_ptime() -> None:
+    sd = parse_sdp(offer("96", "102"))
+    media = parse_offer(offer("96", "102"))
+    codec, dtmf = choose_codec(media)
+    body = build_answer(MediaAnswer("198.51.100.1", 30000, codec, dtmf), 42, 3, offer=sd).decode()
+    lines = body.split("\r\n")
+    assert "o=voicebridge 42 3 IN IP4 198.51.100.1" in lines
+    assert "c=IN IP4 198.51.100.1" in lines
+    assert "m=audio 30000 RTP/AVP 96 102" in lines
+    assert "a=rtpmap:96 opus/48000/2" in lines and "a=fmtp:96 useinbandfec=1" in lines
+    assert "a=rtpmap:102 telephone-event/48000" in lines and "a=fmtp:102 0-16" in lines
+    assert "a=ptime:20" in lines
+    assert "m=video 0 RTP/AVP 31" in lines  # rejected, same position
+    assert lines.index("m=video 0 RTP/AVP 31") > lines.index("m=audio 30000 RTP/AVP 96 102")
+    assert parse_offer(body).codecs[0] == Codec("opus", 96, 48000, 2, "useinbandfec=1")
+
+
+def test_ipv6_answer() -> None:
+    body = build_answer(MediaAnswer("2001:db8::5", 4000, Codec("PCMU", 0, 8000)), 1).decode()
+    assert "c=IN IP6 2001:db8::5" in body
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "v=1\nm=audio 1 RTP/AVP 0\n",
+        "v=0\nc=IN IP4\nm=audio 1 RTP/AVP 0\n",
+        "v=0\nm=audio port RTP/AVP 0\n",
+        "v=0\nm=audio 99999 RTP/AVP 0\nc=IN IP4 1.2.3.4\n",
+        "not sdp at all",
+    ],
+)
+def test_bad_sdp_raises(bad: str) -> None:
+    with pytest.raises(SdpError):
+        parse_offer(bad)
+
+
+def test_no_audio_or_srtp_only_is_488() -> None:
+    video_only = "v=0\nc=IN IP4 1.2.3.4\nm=video 5000 RTP/AVP 31\n"
+    srtp = "v=0\nc=IN IP4 1.2.3.4\nm=audio 5000 RTP/SAVP 0\n"
+    for text in (video_only, srtp):
+        with pytest.raises(NoCommonCodec):
+            parse_offer(text)
