@@ -5,10 +5,10 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS loadtest
-# sip-tester is Debian's SIPp (built with PCAP and RTP streaming); espeak-ng and sox make
-# the spoken fixture the calls play.
+# sip-tester is Debian's SIPp (built with PCAP and RTP streaming); espeak-ng speaks the
+# sentence the callers play when no --wav is given.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends sip-tester espeak-ng sox \
+    && apt-get install -y --no-install-recommends sip-tester espeak-ng \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --uid 10001 loadtest
 ENV VIRTUAL_ENV=/opt/venv \
@@ -16,9 +16,12 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
-RUN python -m venv /opt/venv && pip install "prometheus-client>=0.20"
+# sipp/run builds its RTP pcaps with media/ (numpy, soxr); sipp/latency.py reads /metrics.
+RUN python -m venv /opt/venv \
+    && pip install "numpy>=1.26" "soxr>=0.5" "prometheus-client>=0.20"
 WORKDIR /opt/loadtest
+COPY media media
 COPY sipp sipp
 USER 10001
-ENTRYPOINT ["sipp/run"]
-CMD ["--concurrency", "10", "--duration", "30s"]
+ENTRYPOINT ["python", "sipp/run"]
+CMD ["--target", "bridge:5060", "--concurrency", "10", "--duration", "30s"]

@@ -25,7 +25,7 @@ class DtmfError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class TelephoneEvent:
-    """One telephone-event payload: event code, end bit, volume (-dBm0, 0-63), duration in RTP units."""
+    """One telephone-event block: event code, end bit, volume (-dBm0), duration (RTP units)."""
 
     event: int
     end: bool
@@ -46,7 +46,9 @@ def parse_telephone_event(payload: bytes) -> TelephoneEvent:
     return TelephoneEvent(event, bool(flags & 0x80), flags & 0x3F, duration)
 
 
-def build_telephone_event(event: int | str, end: bool, volume: int = 10, duration: int = 0) -> bytes:
+def build_telephone_event(
+    event: int | str, end: bool, volume: int = 10, duration: int = 0
+) -> bytes:
     """Build a 4-byte telephone-event payload (`event` as code or DTMF character)."""
     code = DTMF_EVENTS.index(event.upper()) if isinstance(event, str) else event
     if not 0 <= code <= 255 or not 0 <= volume <= 63 or not 0 <= duration <= 0xFFFF:

@@ -54,7 +54,7 @@ def fade_repeat(last: Pcm | None) -> Pcm | None:
 
 @dataclass(frozen=True, slots=True)
 class JitterStats:
-    """Counters since construction; `depth` is packets buffered, `depth_ms` their span ahead of play."""
+    """Counters since construction; `depth` = packets buffered, `depth_ms` = their span ahead."""
 
     received: int
     lost: int
@@ -136,11 +136,11 @@ class JitterBuffer:
     # ----------------------------------------------------------------- input
 
     def push(self, packet: RtpPacket) -> None:
-        """Accept one arriving audio packet (any order; duplicates, late and foreign ones counted)."""
+        """Accept one arriving audio packet (any order; duplicate and late ones are counted)."""
         self._accept(packet, packet.payload)
 
     def mark_received(self, packet: RtpPacket) -> None:
-        """Account for a non-audio packet of the same stream (e.g. RFC 4733 DTMF) so it is not lost."""
+        """Count a non-audio packet of the stream (e.g. RFC 4733 DTMF) as received, not lost."""
         self._accept(packet, None)
 
     def _accept(self, packet: RtpPacket, payload: bytes | None) -> None:
@@ -153,7 +153,9 @@ class JitterBuffer:
                 return
             self._old_ssrc = self._ssrc
             self._resyncs += 1
-            self._start_stream(packet, payload, self._continue_at(self._newest_mapped + self.frame_samples))
+            self._start_stream(
+                packet, payload, self._continue_at(self._newest_mapped + self.frame_samples)
+            )
             return
 
         seq = _unwrap(packet.sequence, self._max_seq, 16)
@@ -286,7 +288,9 @@ class JitterBuffer:
     @property
     def stats(self) -> JitterStats:
         """A snapshot of the counters and the current depth."""
-        depth_ts = max(0, max(self._buffer) + self.frame_samples - self._play_ts) if self._buffer else 0
+        depth_ts = (
+            max(0, max(self._buffer) + self.frame_samples - self._play_ts) if self._buffer else 0
+        )
         return JitterStats(
             received=self._received,
             lost=max(0, self._expected - self._received),

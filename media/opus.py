@@ -14,10 +14,12 @@ concealment for the previous packet's frame duration.
 from __future__ import annotations
 
 import fractions
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 from av import AudioFrame, CodecContext, Packet
+from av.audio.codeccontext import AudioCodecContext
 
 __all__ = ["OPUS_FRAME_SAMPLES", "OPUS_RATE", "OpusDecoder", "OpusEncoder", "OpusError"]
 
@@ -40,8 +42,8 @@ class OpusDecoder:
         self._codec = self._open()
         self._toc: int | None = None
 
-    def _open(self) -> CodecContext:
-        codec = CodecContext.create("libopus", "r")
+    def _open(self) -> AudioCodecContext:
+        codec = cast(AudioCodecContext, CodecContext.create("libopus", "r"))
         codec.format = "s16"
         codec.layout = "mono" if self.channels == 1 else "stereo"
         codec.sample_rate = OPUS_RATE
@@ -88,8 +90,8 @@ class OpusEncoder:
         self._codec = self._open()
         self._pts = 0
 
-    def _open(self) -> CodecContext:
-        codec = CodecContext.create("libopus", "w")
+    def _open(self) -> AudioCodecContext:
+        codec = cast(AudioCodecContext, CodecContext.create("libopus", "w"))
         codec.bit_rate = self.bitrate
         codec.format = "s16"
         codec.layout = "mono"

@@ -240,7 +240,9 @@ def silero_model_path() -> str:
     import faster_whisper
 
     assets = os.path.join(os.path.dirname(faster_whisper.__file__), "assets")
-    names = sorted(f for f in os.listdir(assets) if f.startswith("silero_vad") and f.endswith(".onnx"))
+    names = sorted(
+        f for f in os.listdir(assets) if f.startswith("silero_vad") and f.endswith(".onnx")
+    )
     if not names:
         raise FileNotFoundError(f"no silero_vad*.onnx in {assets}")
     return os.path.join(assets, names[-1])

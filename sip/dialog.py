@@ -143,6 +143,11 @@ class SipDialog:
             self._hangup = asyncio.create_task(self._send_bye(False, reason))
         await asyncio.shield(self._hangup)
 
+    def abandon(self) -> None:
+        """Stop a BYE still in progress (server shutdown after its grace period)."""
+        if self._hangup is not None and not self._hangup.done():
+            self._hangup.cancel()
+
     async def _send_bye(self, wait_for_ack: bool, reason: str = "hangup") -> None:
         if wait_for_ack and not self.acked.is_set():
             try:

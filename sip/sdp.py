@@ -175,7 +175,7 @@ def media_offer(sd: SessionDescription) -> MediaOffer:
         elif name == "ptime" and value:
             try:
                 ptime = max(10, min(120, int(float(value))))
-            except ValueError:
+            except (ValueError, OverflowError):
                 pass
     codecs: list[Codec] = []
     for fmt in m.formats:

@@ -183,6 +183,7 @@ class TransportLayer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], TcpConnection] = {}
+        self._sends: set[asyncio.Task[None]] = set()
         self.udp_port = 0
         self.tcp_port = 0
 
@@ -251,7 +252,9 @@ class TransportLayer:
             vias = message.get_all("Via")
             if vias:
                 dest = response_destination(Via.parse(vias[0]))
-                asyncio.get_running_loop().create_task(self._send_tcp_later(data, dest))
+                task = asyncio.get_running_loop().create_task(self._send_tcp_later(data, dest))
+                self._sends.add(task)
+                task.add_done_callback(self._sends.discard)
             return
         vias = message.get_all("Via")
         dest = response_destination(Via.parse(vias[0])) if vias else source.addr

@@ -177,6 +177,7 @@ class UserAgentServer:
             if late:
                 await asyncio.wait(late, timeout=1.0)
         for state in list(self._calls.values()):
+            state.dialog.abandon()
             self.dialog_ended(state.dialog, "shutdown")
         for invite_txn in self._invite_txns.values():
             invite_txn.close()
@@ -392,6 +393,15 @@ class UserAgentServer:
         return sd, offer
 
     async def _run_invite(self, pending: _PendingInvite) -> None:
+        try:
+            await self._answer_invite(pending)
+        except Exception:
+            log.exception("call_id=%s INVITE handling failed", pending.request.call_id)
+            if not pending.txn.final_sent:
+                self._respond(pending.txn, 500, "Server Internal Error", pending.to_tag)
+            raise
+
+    async def _answer_invite(self, pending: _PendingInvite) -> None:
         request, txn, to_tag, source = pending.request, pending.txn, pending.to_tag, pending.source
         call_id = request.call_id
         checked = self._precheck_offer(request, txn, to_tag)
@@ -610,6 +620,17 @@ class UserAgentServer:
         self._spawn(self._run_reinvite(state, request, txn, source), dialog.call_id, "re-INVITE")
 
     async def _run_reinvite(
+        self, state: _CallState, request: SipRequest, txn: InviteServerTransaction, source: Source
+    ) -> None:
+        try:
+            await self._answer_reinvite(state, request, txn, source)
+        except Exception:
+            state.dialog.reinvite_pending = False
+            if not txn.final_sent:
+                self._respond(txn, 500, "Server Internal Error", state.dialog.id.local_tag)
+            raise
+
+    async def _answer_reinvite(
         self, state: _CallState, request: SipRequest, txn: InviteServerTransaction, source: Source
     ) -> None:
         dialog = state.dialog

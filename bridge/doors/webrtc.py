@@ -265,7 +265,12 @@ class WebRtcSession:
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webrtc call %s: task failed", self.call_id, exc_info=task.exception())
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -286,15 +291,21 @@ class WebRtcSession:
             channel.send(self._pending.popleft())
 
     def _on_message(self, message: str | bytes) -> None:
+        """Page → bridge: `{"type":"hangup"}` (or plain "hangup") and
+        `{"type":"dtmf","digit":"5"}`; anything else is logged and ignored."""
         text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
-        kind = text.strip()
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
+        parsed: Any = text.strip()
+        with contextlib.suppress(ValueError):
             parsed = json.loads(text)
-            kind = str(parsed.get("type", "")) if isinstance(parsed, dict) else kind
+        kind = parsed.get("type") if isinstance(parsed, dict) else parsed
         if kind == "hangup":
             self._spawn(self.close("caller hung up"))
-        elif kind.startswith("dtmf:") and self.handle is not None:
-            self.handle.dtmf(kind[5:6])
+        elif kind == "dtmf" and self.handle is not None:
+            digit = str(parsed.get("digit", ""))
+            if len(digit) == 1 and digit in "0123456789*#ABCD":
+                self.handle.dtmf(digit)
+        else:
+            log.debug("webrtc call %s: ignored page message %.80r", self.call_id, text)
 
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState

@@ -149,6 +149,8 @@ class WebSocketSink:
         self._out: asyncio.Queue[str | bytes | tuple[int, str]] = asyncio.Queue(OUT_QUEUE)
         self._writer = asyncio.ensure_future(self._write_loop())
         self._writer.set_name(f"ws-writer-{call_label}")
+        self.closed_by_server: str | None = None
+        """Why the server closed the connection (None while open or when the client closed)."""
 
     async def send_event(self, event: Event) -> None:
         """Queue a JSON event."""
@@ -179,6 +181,8 @@ class WebSocketSink:
 
     async def close(self, code: int, reason: str) -> None:
         """Flush the queue, close the socket with `code` and stop the writer."""
+        if self.closed_by_server is None:
+            self.closed_by_server = reason
         if not self._writer.done():
             await self._out.put((code, reason))
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -286,7 +290,7 @@ def register(app: web.Application, calls: CallManager, settings: Settings) -> No
         try:
             reason = await _pump(ws, sink, call.feed, meta, settings, calls, call.log)
         finally:
-            await call.close(reason)
+            await call.close(sink.closed_by_server or reason)
             await sink.stop()
             if not ws.closed:
                 await ws.close()

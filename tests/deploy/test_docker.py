@@ -332,3 +332,20 @@ def test_tts_image_installs_what_the_piper_service_imports(tmp_path: Path) -> No
     assert {"piper-tts", "onnxruntime", "fastapi", "uvicorn"} <= imported
     installed = _closure({r.name for r in _tts_requirements()})
     assert imported <= installed, f"missing from docker/tts.Dockerfile: {imported - installed}"
+
+
+def test_loadtest_flags_are_ones_sipp_run_accepts(resolved: dict[str, Any]) -> None:
+    """The compose entrypoint and default command only pass flags `sipp/run --help` lists."""
+    service = resolved["services"]["loadtest"]
+    argv = [*service["entrypoint"], *service["command"]]
+    assert argv[:2] == ["python", "sipp/run"]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "sipp" / "run"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    flags = [a for a in argv[2:] if a.startswith("--")]
+    unknown = [f for f in flags if not re.search(rf"(^|[\s,]){re.escape(f)}\b", done.stdout)]
+    assert not unknown, f"sipp/run does not accept {unknown}"

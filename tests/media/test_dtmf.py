@@ -19,9 +19,9 @@ from media.dtmf import (
 
 @given(st.integers(0, 255), st.booleans(), st.integers(0, 63), st.integers(0, 0xFFFF))
 def test_parse_inverts_build(event: int, end: bool, volume: int, duration: int) -> None:
-    assert parse_telephone_event(build_telephone_event(event, end, volume, duration)) == TelephoneEvent(
-        event, end, volume, duration
-    )
+    assert parse_telephone_event(
+        build_telephone_event(event, end, volume, duration)
+    ) == TelephoneEvent(event, end, volume, duration)
 
 
 def test_known_payload() -> None:
@@ -63,7 +63,9 @@ def test_timestamp_wrap() -> None:
 
 
 @given(st.text("0123456789*#ABCD", min_size=1, max_size=8), st.integers(0, 2**32 - 1), st.randoms())
-def test_duplicates_reordering_and_loss_within_an_event(digits: str, start: int, rnd: random.Random) -> None:
+def test_duplicates_reordering_and_loss_within_an_event(
+    digits: str, start: int, rnd: random.Random
+) -> None:
     packets = _packets(digits, start)
     mangled: list[tuple[int, bytes]] = []
     for i in range(0, len(packets), 6):

@@ -10,7 +10,14 @@ from hypothesis.extra.numpy import arrays
 
 from media.resample import StreamResampler, resample
 
-PAIRS = [(8000, 16000), (48000, 16000), (16000, 8000), (22050, 8000), (22050, 48000), (24000, 16000)]
+PAIRS = [
+    (8000, 16000),
+    (48000, 16000),
+    (16000, 8000),
+    (22050, 8000),
+    (22050, 48000),
+    (24000, 16000),
+]
 
 
 def _tone(freq: float, rate: int, seconds: float = 1.0, amp: float = 16384) -> np.ndarray:
@@ -96,7 +103,9 @@ def test_whole_buffer_resample_keeps_level(in_rate: int, out_rate: int) -> None:
 
 @settings(max_examples=30, deadline=None)
 @given(arrays(np.int16, st.integers(0, 3000)), st.sampled_from(PAIRS))
-def test_output_length_tracks_rate_ratio_for_any_chunking(pcm: np.ndarray, pair: tuple[int, int]) -> None:
+def test_output_length_tracks_rate_ratio_for_any_chunking(
+    pcm: np.ndarray, pair: tuple[int, int]
+) -> None:
     in_rate, out_rate = pair
     res = StreamResampler(in_rate, out_rate)
     chunks = np.array_split(pcm, 7)

@@ -20,7 +20,10 @@ packets = st.builds(
     marker=st.booleans(),
     csrc=st.lists(st.integers(0, 0xFFFFFFFF), max_size=15).map(tuple),
     extension=st.none()
-    | st.tuples(st.integers(0, 0xFFFF), st.integers(0, 20).flatmap(lambda n: st.binary(min_size=4 * n, max_size=4 * n))),
+    | st.tuples(
+        st.integers(0, 0xFFFF),
+        st.integers(0, 20).flatmap(lambda n: st.binary(min_size=4 * n, max_size=4 * n)),
+    ),
     padding=st.integers(0, 255),
 )
 
@@ -48,7 +51,13 @@ def test_garbage_raises_only_rtp_error(data: bytes) -> None:
 def test_known_pcmu_packet() -> None:
     wire = bytes.fromhex("80 80 30 39 00 00 1f 40 de ad be ef") + b"\xff" * 160
     p = parse_rtp(wire)
-    assert (p.payload_type, p.marker, p.sequence, p.timestamp, p.ssrc) == (0, True, 12345, 8000, 0xDEADBEEF)
+    assert (p.payload_type, p.marker, p.sequence, p.timestamp, p.ssrc) == (
+        0,
+        True,
+        12345,
+        8000,
+        0xDEADBEEF,
+    )
     assert p.payload == b"\xff" * 160
     assert p.csrc == () and p.extension is None and p.padding == 0
     assert p.serialize() == wire

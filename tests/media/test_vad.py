@@ -20,7 +20,9 @@ def sentence() -> np.ndarray:
     return with_silence(espeak_pcm(rate=RATE), RATE)
 
 
-def _feed(vad: EnergyVAD | SileroVAD, pcm: np.ndarray, chunk: int = FRAME) -> list[tuple[float, VadEvent]]:
+def _feed(
+    vad: EnergyVAD | SileroVAD, pcm: np.ndarray, chunk: int = FRAME
+) -> list[tuple[float, VadEvent]]:
     """Events with the stream time at which each was returned."""
     out = []
     for start in range(0, len(pcm), chunk):
@@ -90,7 +92,9 @@ def test_pause_longer_than_timeout_splits_utterances() -> None:
 @settings(max_examples=15, deadline=None)
 @given(st.lists(st.integers(1, 2000), min_size=1, max_size=30))
 def test_any_chunking_gives_the_same_events(sizes: list[int]) -> None:
-    pcm = with_silence(np.concatenate([_burst(400), np.zeros(3000, np.int16), _burst(300)]), RATE, 0.3, 0.5)
+    pcm = with_silence(
+        np.concatenate([_burst(400), np.zeros(3000, np.int16), _burst(300)]), RATE, 0.3, 0.5
+    )
     expected = [e for _, e in _feed(EnergyVAD(), pcm)]
     vad, got, pos = EnergyVAD(), [], 0
     for size in sizes * (len(pcm) // sum(sizes) + 1):
@@ -133,7 +137,9 @@ def test_reset_restarts_the_clock() -> None:
 
 def test_rms_dbfs_reference_levels() -> None:
     assert rms_dbfs(np.full(320, 32767, np.int16)) == pytest.approx(0.0, abs=0.01)
-    assert rms_dbfs(_burst(20, 16384)) == pytest.approx(-9.03, abs=0.05)  # sine: -3 dB, half scale: -6 dB
+    assert rms_dbfs(_burst(20, 16384)) == pytest.approx(
+        -9.03, abs=0.05
+    )  # sine: -3 dB, half scale: -6 dB
     assert rms_dbfs(np.zeros(320, np.int16)) == -120.0
 
 

@@ -54,7 +54,9 @@ def test_stereo_is_downmixed_by_average() -> None:
 
 def test_extensible_header_and_streamed_size_fields() -> None:
     pcm = np.arange(-50, 50, dtype=np.int16)
-    fmt = struct.pack("<HHIIHHHHI16s", 0xFFFE, 1, 8000, 16000, 2, 16, 22, 16, 4, b"\x01\x00" + b"\0" * 14)
+    fmt = struct.pack(
+        "<HHIIHHHHI16s", 0xFFFE, 1, 8000, 16000, 2, 16, 22, 16, 4, b"\x01\x00" + b"\0" * 14
+    )
     body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"LIST\x03\x00\x00\x00abc\x00"
     body += b"data" + struct.pack("<I", 0xFFFFFFFF) + pcm.tobytes()
     out, rate = read_wav(b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + body)

@@ -208,21 +208,29 @@ def prometheus(bridge: BridgeProcess, tmp_path: Path) -> Iterator[int]:
 
 async def test_prometheus_scrapes_all_seven_metrics(bridge: BridgeProcess, prometheus: int) -> None:
     port = prometheus
+    url = f"http://127.0.0.1:{port}/api/v1/label/__name__/values"
+
+    async def scraped_names() -> set[str]:
+        try:
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+        except (OSError, urllib.error.URLError):
+            return set()
+        return set(json.loads(body)["data"])
+
+    wanted = {n + ("_bucket" if "duration" in n else "") for n in SPEC_METRICS}
+    deadline = time.monotonic() + 45
+    names: set[str] = set()
+    while "pipeline_calls_active" not in names:  # the first scrape of the bridge
+        assert time.monotonic() < deadline, "prometheus never scraped the bridge"
+        await asyncio.sleep(0.5)
+        names = await scraped_names()
     pcm = caller_pcm(16000)
     chunks = encode_chunks(pcm, 16000, "pcm")
     meta = {"codec": "pcm", "sample_rate": 16000, "mode": "transcribe_only"}
     call = asyncio.create_task(ws_call(bridge.ws_url, meta, chunks, bytes(640), within_s=60))
-    names: set[str] = set()
-    wanted = {n + ("_bucket" if "duration" in n else "") for n in SPEC_METRICS}
-    deadline = time.monotonic() + 45
-    url = f"http://127.0.0.1:{port}/api/v1/label/__name__/values"
     while time.monotonic() < deadline and not (wanted <= names and call.done()):
         await asyncio.sleep(1.0)
-        try:
-            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
-        except (OSError, urllib.error.URLError):
-            continue
-        names = set(json.loads(body)["data"])
+        names = await scraped_names()
     record = await call
     assert record.types()[0] == "transcript"
     assert wanted <= names, sorted(wanted - names)

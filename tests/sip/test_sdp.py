@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sip.api import Codec, MediaAnswer, SipReject
 from sip.sdp import (
@@ -142,3 +144,35 @@ def test_no_audio_or_srtp_only_is_488() -> None:
     for text in (video_only, srtp):
         with pytest.raises(NoCommonCodec):
             parse_offer(text)
+
+
+_LINE = st.one_of(
+    st.sampled_from(
+        ["v=0", "c=IN IP4 1.2.3.4", "m=audio 4000 RTP/AVP 0 8 96", "a=sendonly", "t=0 0"]
+    ),
+    st.builds(
+        lambda k, v: f"{k}={v}",
+        st.sampled_from("vocmat"),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), max_size=30),
+    ),
+    st.builds(
+        lambda k, v: f"a={k}:{v}",
+        st.sampled_from(["rtpmap", "fmtp", "ptime"]),
+        st.text(max_size=20),
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(_LINE, max_size=12), raw=st.binary(max_size=200))
+def test_sdp_parser_only_raises_its_own_errors(lines: list[str], raw: bytes) -> None:
+    for body in ("\n".join(lines).encode(), raw):
+        try:
+            choose_codec(parse_offer(body))
+        except (SdpError, NoCommonCodec):
+            pass
+
+
+@pytest.mark.parametrize(("value", "expected"), [("30", 30), ("inf", 20), ("nan", 20), ("5", 10)])
+def test_ptime_read_and_clamped(value: str, expected: int) -> None:
+    assert parse_offer(offer("0", extra=f"a=ptime:{value}\n")).ptime_ms == expected

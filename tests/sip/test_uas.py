@@ -275,3 +275,32 @@ async def test_stop_sends_bye(app: RecordingApp) -> None:
         await server.stop()
         await asyncio.wait_for(responder, 2)
         await app.wait_for(lambda: app.terminated == [(call.call_id, "shutdown")])
+
+
+async def test_tcp_keepalive_ping_then_call(uas: UserAgentServer, app: RecordingApp) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", uas.tcp_port)
+    try:
+        writer.write(b"\r\n\r\n")  # RFC 5626 ping
+        assert await asyncio.wait_for(reader.readexactly(2), 2) == b"\r\n"
+    finally:
+        writer.close()
+    async with SipClient(uas.local_port, "tcp") as client:
+        client.send("\r\n")  # a lone CRLF before a message is ignored
+        await Call(client).establish()
+        await app.wait_for(lambda: len(app.established) == 1)
+
+
+async def test_stop_is_bounded_when_nobody_answers(app: RecordingApp) -> None:
+    server = UserAgentServer(app, "127.0.0.1", 0, stop_timeout_s=0.3)
+    await server.start()
+    async with SipClient(server.local_port) as client:
+        call = Call(client)
+        client.send(call.invite())
+        await client.expect(200)  # never ACKed: a hangup now waits for the ACK
+        dialog = server.dialogs[0]
+        pending_hangup = asyncio.create_task(dialog.hangup())
+        await asyncio.sleep(0.05)
+        async with asyncio.timeout(3):
+            await server.stop()
+        assert app.terminated == [(call.call_id, "shutdown")]
+        pending_hangup.cancel()

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import free_port, word_error_rate
 from tests.webrtc.conftest import SPOKEN
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -76,10 +76,10 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, ice_ip: str) -> Iterator[Br
     port = free_port()
     log = tmp_path_factory.mktemp("bridge") / "bridge.log"
     env = os.environ | {"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
+    command = [str(ROOT / ".venv/bin/voicebridge"), "serve", "--no-sip", "--host", "127.0.0.1"]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/voicebridge"), "serve", "--host", "127.0.0.1"]
-            + ["--port", str(port), "--no-sip"],
+            [*command, "--port", str(port)],
             cwd=tmp_path_factory.mktemp("cwd"),  # no stray .env
             env=env,
             stdout=out,
@@ -103,11 +103,11 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, ice_ip: str) -> Iterator[Br
 
 
 @pytest.fixture(scope="module")
-def chromium(speech_wav: Path) -> Iterator[object]:
+def chromium(speech_wav: Path) -> Iterator[Browser]:
     """Headless Debian Chromium whose fake microphone speaks the test question."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed")
-    with playwright_sync.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
@@ -120,8 +120,8 @@ def chromium(speech_wav: Path) -> Iterator[object]:
 
 
 @pytest.fixture
-def page(chromium: object, bridge: Bridge) -> Iterator[object]:
-    context = chromium.new_context(viewport={"width": 1100, "height": 560})  # type: ignore[attr-defined]
+def page(chromium: Browser, bridge: Bridge) -> Iterator[Page]:
+    context = chromium.new_context(viewport={"width": 1100, "height": 560})
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -131,55 +131,53 @@ def page(chromium: object, bridge: Bridge) -> Iterator[object]:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
-def wait_for_reply(page: object, bridge: Bridge) -> None:
+def wait_for_reply(page: Page, bridge: Bridge) -> None:
     """The caller's transcript, then a finished bot turn, then the turn's four latencies,
     then proof that the bot's speech arrived and played (RTP and non-zero audio energy)."""
-    p = page
     try:
-        p.get_by_test_id("turn-caller").first.wait_for(timeout=TURN_TIMEOUT_MS)  # type: ignore[attr-defined]
-        p.locator("[data-testid=turn-bot]:not(.streaming)").first.wait_for(  # type: ignore[attr-defined]
+        page.get_by_test_id("turn-caller").first.wait_for(timeout=TURN_TIMEOUT_MS)
+        page.locator("[data-testid=turn-bot]:not(.streaming)").first.wait_for(
             timeout=TURN_TIMEOUT_MS
         )
-        p.wait_for_function(  # type: ignore[attr-defined]
+        page.wait_for_function(
             "['asr','llm','tts','total'].every(k => /^\\d+$/.test("
             "document.querySelector(`[data-testid=metric-${k}]`).textContent))",
             timeout=TURN_TIMEOUT_MS,
         )
-        p.wait_for_function(  # type: ignore[attr-defined]
+        page.wait_for_function(
             "() => { const s = window.__voicebridgeStats;"
             " return s && s.packetsReceived > 0 && s.totalSamplesReceived > 0"
             " && s.totalAudioEnergy > 0; }",
             timeout=TURN_TIMEOUT_MS,
         )
-    except playwright_sync.Error as exc:
+    except PlaywrightError as exc:
         raise AssertionError(f"{exc.message}\n{describe(page, bridge)}") from None
 
 
-def describe(page: object, bridge: Bridge) -> str:
+def describe(page: Page, bridge: Bridge) -> str:
     """What the page shows and what the bridge logged, for a failure message."""
-    p = page
-    panel = p.locator("section[aria-label=Call]").inner_text()  # type: ignore[attr-defined]
-    transcript = p.get_by_test_id("transcript").inner_text()  # type: ignore[attr-defined]
-    stats = p.evaluate("window.__voicebridgeStats")  # type: ignore[attr-defined]
+    panel = page.locator("section[aria-label=Call]").inner_text()
+    transcript = page.get_by_test_id("transcript").inner_text()
+    stats = page.evaluate("window.__voicebridgeStats")
     log = bridge.log.read_text(errors="replace")[-4000:]
     return f"page: {panel!r}\ntranscript: {transcript!r}\nstats: {stats}\nbridge log:\n{log}"
 
 
-def first_caller_text(page: object) -> str:
-    return str(page.get_by_test_id("turn-caller").first.text_content())  # type: ignore[attr-defined]
+def first_caller_text(page: Page) -> str:
+    return str(page.get_by_test_id("turn-caller").first.text_content())
 
 
-def latencies(page: object) -> dict[str, int]:
+def latencies(page: Page) -> dict[str, int]:
     return {
-        k: int(str(page.get_by_test_id(f"metric-{k}").text_content()))  # type: ignore[attr-defined]
+        k: int(str(page.get_by_test_id(f"metric-{k}").text_content()))
         for k in ("asr", "llm", "tts", "total")
     }
 
 
-def hang_up(page: object) -> None:
-    page.get_by_test_id("hangup-button").click()  # type: ignore[attr-defined]
-    status = page.get_by_test_id("status")  # type: ignore[attr-defined]
-    playwright_sync.expect(status).to_have_attribute("data-status", "ended")
+def hang_up(page: Page) -> None:
+    page.get_by_test_id("hangup-button").click()
+    status = page.get_by_test_id("status")
+    expect(status).to_have_attribute("data-status", "ended")
 
 
 def wait_no_calls(bridge: Bridge) -> dict[str, float]:
@@ -190,19 +188,19 @@ def wait_no_calls(bridge: Bridge) -> dict[str, float]:
     return m
 
 
-def test_mic_call(page: object, bridge: Bridge, tmp_path: Path) -> None:
+def test_mic_call(page: Page, bridge: Bridge, tmp_path: Path) -> None:
     before = bridge.metrics()
-    page.get_by_test_id("call-button").click()  # type: ignore[attr-defined]
+    page.get_by_test_id("call-button").click()
     wait_for_reply(page, bridge)
 
     heard = first_caller_text(page)
     assert word_error_rate(SPOKEN, heard.removeprefix("You")) < 0.5, heard
-    bot = str(page.get_by_test_id("turn-bot").first.text_content()).removeprefix("Bot").strip()  # type: ignore[attr-defined]
+    bot = str(page.get_by_test_id("turn-bot").first.text_content()).removeprefix("Bot").strip()
     assert re.search(r"[A-Za-z]{2,}", bot), bot
     assert all(v >= 0 for v in latencies(page).values())
 
     shot = tmp_path / "call.png"
-    page.screenshot(path=str(shot))  # type: ignore[attr-defined]
+    page.screenshot(path=str(shot))
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("UPDATE_SCREENSHOTS") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -215,17 +213,19 @@ def test_mic_call(page: object, bridge: Bridge, tmp_path: Path) -> None:
     for stage in ("asr", "llm", "tts"):
         key = f"pipeline_stage_duration_seconds_count{{stage={stage}}}"
         assert after[key] > before.get(key, 0), key
-    assert after["pipeline_e2e_duration_seconds_count"] > before["pipeline_e2e_duration_seconds_count"]
+    assert (
+        after["pipeline_e2e_duration_seconds_count"] > before["pipeline_e2e_duration_seconds_count"]
+    )
     assert after["vad_speech_segments_total"] > before["vad_speech_segments_total"]
     assert after["audio_chunks_processed_total"] > before["audio_chunks_processed_total"] + 100
 
 
-def test_file_call(page: object, bridge: Bridge, speech_wav: Path) -> None:
+def test_file_call(page: Page, bridge: Bridge, speech_wav: Path) -> None:
     before = bridge.metrics()
-    page.get_by_test_id("source-file").check()  # type: ignore[attr-defined]
-    playwright_sync.expect(page.get_by_test_id("call-button")).to_be_disabled()  # type: ignore[attr-defined]
-    page.get_by_test_id("file-input").set_input_files(str(speech_wav))  # type: ignore[attr-defined]
-    page.get_by_test_id("call-button").click()  # type: ignore[attr-defined]
+    page.get_by_test_id("source-file").check()
+    expect(page.get_by_test_id("call-button")).to_be_disabled()
+    page.get_by_test_id("file-input").set_input_files(str(speech_wav))
+    page.get_by_test_id("call-button").click()
     wait_for_reply(page, bridge)
     heard = first_caller_text(page)
     assert word_error_rate(SPOKEN, heard.removeprefix("You")) < 0.5, heard
@@ -234,24 +234,22 @@ def test_file_call(page: object, bridge: Bridge, speech_wav: Path) -> None:
     assert after["pipeline_calls_total"] == before["pipeline_calls_total"] + 1
 
 
-def test_transcribe_only_call(page: object, bridge: Bridge) -> None:
-    page.get_by_test_id("call-mode").select_option("transcribe_only")  # type: ignore[attr-defined]
-    page.get_by_test_id("call-button").click()  # type: ignore[attr-defined]
-    page.get_by_test_id("turn-caller").first.wait_for(timeout=TURN_TIMEOUT_MS)  # type: ignore[attr-defined]
-    status = page.get_by_test_id("status")  # type: ignore[attr-defined]
-    playwright_sync.expect(status).to_have_attribute("data-status", "listening")
-    assert page.get_by_test_id("turn-bot").count() == 0  # type: ignore[attr-defined]
+def test_transcribe_only_call(page: Page, bridge: Bridge) -> None:
+    page.get_by_test_id("call-mode").select_option("transcribe_only")
+    page.get_by_test_id("call-button").click()
+    page.get_by_test_id("turn-caller").first.wait_for(timeout=TURN_TIMEOUT_MS)
+    status = page.get_by_test_id("status")
+    expect(status).to_have_attribute("data-status", "listening")
+    assert page.get_by_test_id("turn-bot").count() == 0
     hang_up(page)
 
 
-def test_missing_tts_engine_shows_the_error(page: object, bridge: Bridge) -> None:
+def test_missing_tts_engine_shows_the_error(page: Page, bridge: Bridge) -> None:
     """Coqui is an optional extra that CI does not install: the page says why it failed."""
-    page.get_by_test_id("tts-engine").select_option("coqui")  # type: ignore[attr-defined]
-    page.get_by_test_id("call-button").click()  # type: ignore[attr-defined]
-    error = page.get_by_test_id("error")  # type: ignore[attr-defined]
+    page.get_by_test_id("tts-engine").select_option("coqui")
+    page.get_by_test_id("call-button").click()
+    error = page.get_by_test_id("error")
     error.wait_for(timeout=TURN_TIMEOUT_MS)
-    playwright_sync.expect(page.get_by_test_id("status")).to_have_attribute(  # type: ignore[attr-defined]
-        "data-status", "error"
-    )
+    expect(page.get_by_test_id("status")).to_have_attribute("data-status", "error")
     assert "coqui" in str(error.text_content()).lower()
-    page.get_by_test_id("hangup-button").click()  # type: ignore[attr-defined]
+    page.get_by_test_id("hangup-button").click()

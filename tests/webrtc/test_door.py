@@ -26,7 +26,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from bridge.backends.base import Audio
-from bridge.config import Settings
+from bridge.config import load_settings
 from bridge.contract import CallLimitExceeded, CallOptions
 from bridge.doors import webrtc
 from tests.support import free_port
@@ -101,7 +101,11 @@ class Tone(MediaStreamTrack):
         t = (np.arange(960) + self._pts) / 48000
         pcm = (8000 * np.sin(2 * np.pi * self.hz * t)).astype(np.int16)
         frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 48000, self._pts, fractions.Fraction(1, 48000)
+        frame.sample_rate, frame.pts, frame.time_base = (
+            48000,
+            self._pts,
+            fractions.Fraction(1, 48000),
+        )
         self._pts += 960
         return frame
 
@@ -126,7 +130,7 @@ class Server:
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     calls = RecordingCalls(limit=1)
     app = web.Application()
-    door = webrtc.register(app, calls, Settings(), web_root=tmp_path / "dist")
+    door = webrtc.register(app, calls, load_settings(), web_root=tmp_path / "dist")
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -181,8 +185,8 @@ async def connect(url: str, tts_engine: str = "piper") -> Client:
     return Client(pc, channel, events, received, answer)
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_until(predicate: Any, within_s: float = 10.0) -> None:
+    deadline = time.monotonic() + within_s
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -214,11 +218,17 @@ async def test_media_events_and_caller_hangup(server: Server, ice_ip: str) -> No
         before = len(client.received)
         await call.sink.send_audio(Audio(tone, 22050))
         await wait_until(
-            lambda: any(np.abs(f).max() > 5000 for f in client.received[before:]), timeout=5
+            lambda: any(np.abs(f).max() > 5000 for f in client.received[before:]), within_s=5
         )
         await asyncio.sleep(0.5)
         loud = np.concatenate([f for f in client.received[before:] if np.abs(f).max() > 5000])
         assert abs(dominant_hz(loud, 48000) - 1000.0) < 10
+
+        # DTMF from the page; malformed messages are ignored
+        for junk in ("nonsense", "{}", '{"type":"dtmf","digit":"xy"}', b"\xff\xfe"):
+            client.channel.send(junk)
+        client.channel.send(json.dumps({"type": "dtmf", "digit": "7"}))
+        await wait_until(lambda: call.digits == ["7"])
 
         # the page hangs up
         client.channel.send(json.dumps({"type": "hangup"}))
@@ -277,7 +287,9 @@ def test_caller_audio_downmixes_and_resamples() -> None:
     out = []
     for i in range(50):
         frame = AudioFrame.from_ndarray(
-            np.ascontiguousarray(stereo[:, i * 1920 : (i + 1) * 1920]), format="s16", layout="stereo"
+            np.ascontiguousarray(stereo[:, i * 1920 : (i + 1) * 1920]),
+            format="s16",
+            layout="stereo",
         )
         frame.sample_rate = 48000
         out.append(converter.convert(frame))
@@ -288,7 +300,9 @@ def test_caller_audio_downmixes_and_resamples() -> None:
     mono = AudioFrame.from_ndarray(left[:960].reshape(1, -1), format="s16", layout="mono")
     assert np.array_equal(webrtc._mono_int16(mono), left[:960])
     assert np.array_equal(webrtc._mono_int16(frame), left[49 * 960 : 50 * 960])
-    planar = AudioFrame.from_ndarray(np.ones((2, 960), np.float32) * 0.5, format="fltp", layout="stereo")
+    planar = AudioFrame.from_ndarray(
+        np.ones((2, 960), np.float32) * 0.5, format="fltp", layout="stereo"
+    )
     planar.sample_rate = 16000
     assert np.all(webrtc.CallerAudio().convert(planar) == 16384)
 
@@ -378,7 +392,11 @@ async def test_static_page(server: Server, tmp_path: Path) -> None:
             assert resp.status == 200 and await resp.text() == "<html>page</html>"
         async with http.get(f"{server.url}/assets/app-1.js") as resp:
             assert resp.status == 200 and "immutable" in resp.headers["Cache-Control"]
-        for path in ("/assets/missing.js", "/assets/..%2F..%2Fsecret.txt", "/assets/%2e%2e/index.html"):
+        for path in (
+            "/assets/missing.js",
+            "/assets/..%2F..%2Fsecret.txt",
+            "/assets/%2e%2e/index.html",
+        ):
             async with http.get(f"{server.url}{path}") as resp:
                 assert resp.status == 404, path
         async with http.get(f"{server.url}/webrtc/config") as resp:
@@ -390,12 +408,14 @@ async def test_static_page(server: Server, tmp_path: Path) -> None:
 
 
 def test_ice_servers_setting() -> None:
-    servers = webrtc.ice_servers(["stun:stun.example.org:3478", "turn:alice:s3cret@turn.example.org:3478"])
+    servers = webrtc.ice_servers(
+        ["stun:stun.example.org:3478", "turn:alice:s3cret@turn.example.org:3478"]
+    )
     assert servers[0].urls == "stun:stun.example.org:3478" and servers[0].username is None
     assert (servers[1].urls, servers[1].username, servers[1].credential) == (
         "turn:turn.example.org:3478",
         "alice",
         "s3cret",
     )
-    door = webrtc.WebRtcDoor(RecordingCalls(), Settings(ice_servers=[]))
+    door = webrtc.WebRtcDoor(RecordingCalls(), load_settings(ice_servers=[]))
     assert door.configuration().iceServers == []

@@ -62,6 +62,16 @@ describe("callReducer", () => {
     expect(next.error).toBeNull();
   });
 
+  it("keeps a turn's error on screen while the reply streams on", () => {
+    const s = run([
+      { type: "transcript", text: "hi" },
+      { type: "error", stage: "tts", message: "coqui: unavailable" },
+      { type: "llm_token", token: "Hello" },
+    ]);
+    expect(s.status).toBe("error");
+    expect(s.turns[1].text).toBe("Hello");
+  });
+
   it("stays listening in transcribe-only mode", () => {
     const s = run([{ type: "transcript", text: "hello there" }], "transcribe_only");
     expect(s.status).toBe("listening");

@@ -123,7 +123,8 @@ function onEvent(state: CallState, event: ServerEvent): CallState {
     }
     case "llm_token": {
       const open = openBotTurn(state.turns);
-      const status = state.status === "speaking" ? "speaking" : "thinking";
+      // an error earlier in this turn stays on screen until the caller speaks again
+      const status = state.status === "speaking" || state.status === "error" ? state.status : "thinking";
       if (open) {
         const turns = state.turns.slice(0, -1).concat({ ...open, text: open.text + event.token });
         return { ...state, turns, status };

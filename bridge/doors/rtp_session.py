@@ -1,0 +1,457 @@
+"""One call's RTP: a UDP socket, the receive path into the call and the paced send path.
+
+Receive: datagram → `parse_rtp` (garbage is counted and dropped) → source check (symmetric
+RTP: the session latches onto the first valid packet's source and then accepts only it) →
+RFC 4733 telephone-events become digits, audio goes into the clock-driven `JitterBuffer`.
+Every 20 ms tick pops one frame (decoded or concealed), resamples it to 16 kHz with a
+`StreamResampler` and hands it to the call.
+
+Send: the bot's speech is resampled to the codec's rate once per sentence, cut into 20 ms
+frames and queued; every tick sends exactly one packet: the next queued frame, or comfort
+silence when the queue is empty (so NATs, PBX RTP timeouts and the far end's jitter buffer
+see a steady stream). The RTP timestamp advances one frame per tick whether or not a packet
+goes out (on hold), the marker bit is set on the first packet of each talkspurt, one SSRC
+per call.
+
+The ticks come from one `MediaClock` per door, not a task per call: it wakes every 20 ms on
+an absolute monotonic schedule (`deadline += 20 ms`, so sleep overshoot never accumulates),
+and if the event loop stalls for more than `MAX_CATCH_UP` frames it resynchronises to now
+instead of bursting the missed packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from bridge.backends.base import Audio
+from bridge.contract import CALLER_RATE
+from media.dtmf import DtmfError, DtmfReceiver
+from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from media.jitter import JitterBuffer
+from media.opus import OpusDecoder, OpusEncoder
+from media.resample import StreamResampler, resample
+from media.rtp import RtpError, RtpPacket, parse_rtp
+from sip.api import Codec, Direction
+
+__all__ = [
+    "FRAME_MS",
+    "MAX_CATCH_UP",
+    "MediaClock",
+    "RtpSession",
+    "RtpStats",
+    "UnsupportedCodec",
+    "bind_rtp_port",
+    "make_codec",
+]
+
+log = logging.getLogger("bridge.doors.rtp")
+
+FRAME_MS = 20
+MAX_CATCH_UP = 3
+"""Missed ticks the clock still runs back to back; beyond this it resynchronises."""
+
+Pcm = npt.NDArray[np.int16]
+
+
+class UnsupportedCodec(ValueError):
+    """The negotiated codec has no encoder/decoder here."""
+
+
+class AudioCodec(Protocol):
+    """Encoder and decoder of one negotiated payload format, 20 ms frames."""
+
+    payload_type: int
+    clock_rate: int  # RTP timestamp rate
+    pcm_rate: int  # rate of the PCM it decodes to and encodes from
+    frame_samples: int  # RTP timestamp units per 20 ms
+
+    def decode(self, payload: bytes) -> Pcm: ...
+
+    def conceal(self, last: Pcm | None) -> Pcm | None: ...
+
+    def encode(self, frame: Pcm) -> bytes: ...
+
+
+class _G711:
+    def __init__(self, payload_type: int, alaw: bool) -> None:
+        self.payload_type = payload_type
+        self.clock_rate = self.pcm_rate = 8000
+        self.frame_samples = 160
+        self._decode = alaw_decode if alaw else ulaw_decode
+        self._encode = alaw_encode if alaw else ulaw_encode
+
+    def decode(self, payload: bytes) -> Pcm:
+        return self._decode(payload)
+
+    def conceal(self, last: Pcm | None) -> Pcm | None:
+        return None if last is None else (last >> 1).astype(np.int16)
+
+    def encode(self, frame: Pcm) -> bytes:
+        return self._encode(frame)
+
+
+class _Opus:
+    def __init__(self, payload_type: int) -> None:
+        self.payload_type = payload_type
+        self.clock_rate = self.pcm_rate = 48000
+        self.frame_samples = 960
+        self._decoder = OpusDecoder(channels=1)
+        self._encoder = OpusEncoder()
+
+    def decode(self, payload: bytes) -> Pcm:
+        return self._decoder.decode(payload)  # OpusError is a ValueError: concealed
+
+    def conceal(self, last: Pcm | None) -> Pcm | None:
+        return self._decoder.conceal()
+
+    def encode(self, frame: Pcm) -> bytes:
+        return self._encoder.encode(frame)
+
+
+def make_codec(codec: Codec) -> AudioCodec:
+    """Encoder/decoder for a negotiated `sip.api.Codec` (PCMU, PCMA, opus/48000)."""
+    name = codec.name.lower()
+    if name == "pcmu" and codec.clock_rate == 8000:
+        return _G711(codec.payload_type, alaw=False)
+    if name == "pcma" and codec.clock_rate == 8000:
+        return _G711(codec.payload_type, alaw=True)
+    if name == "opus" and codec.clock_rate == 48000:
+        return _Opus(codec.payload_type)
+    raise UnsupportedCodec(f"no codec for {codec.name}/{codec.clock_rate}")
+
+
+@dataclass
+class RtpStats:
+    """Per-call counters (read by the door for metrics and by tests)."""
+
+    received: int = 0
+    malformed: int = 0
+    foreign: int = 0
+    unknown_payload: int = 0
+    dtmf_packets: int = 0
+    sent: int = 0
+    audio_sent: int = 0
+    frames_fed: int = 0
+    resyncs: int = 0
+    send_errors: int = 0
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.session: RtpSession | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.session is not None:
+            self.session.datagram_received(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a peer that went away: the inactivity timer handles it
+        if self.session is not None:
+            self.session.stats.send_errors += 1
+
+
+async def bind_rtp_port(
+    host: str, port_min: int, port_max: int, start: int | None = None
+) -> tuple[asyncio.DatagramTransport, _Protocol, int]:
+    """Bind a UDP socket on the first free even port of `port_min..port_max`, from `start`.
+
+    Raises `OSError(EADDRINUSE)` when every even port of the range is taken."""
+    loop = asyncio.get_running_loop()
+    first = port_min + (port_min & 1)
+    count = max(0, (port_max - first) // 2 + 1)
+    if count == 0:
+        raise OSError(errno.EADDRINUSE, f"no even port in {port_min}-{port_max}")
+    offset = 0 if start is None else max(0, (start - first) // 2) % count
+    for i in range(count):
+        port = first + 2 * ((offset + i) % count)
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                _Protocol, local_addr=(host, port)
+            )
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                continue
+            raise
+        return transport, protocol, port
+    raise OSError(errno.EADDRINUSE, f"every even RTP port in {port_min}-{port_max} is in use")
+
+
+class RtpSession:
+    """The media of one call. Create with `bind_rtp_port`'s result; `MediaClock` ticks it."""
+
+    def __init__(
+        self,
+        transport: asyncio.DatagramTransport,
+        protocol: _Protocol,
+        local_port: int,
+        codec: Codec,
+        dtmf: Codec | None,
+        remote: tuple[str, int],
+        *,
+        playout_ms: int,
+        timeout_s: float,
+        on_audio: Callable[[Pcm], None],
+        on_dtmf: Callable[[str], None],
+        on_timeout: Callable[[], None],
+        comfort_silence: bool = True,
+    ) -> None:
+        self.transport = transport
+        self.local_port = local_port
+        self.codec_info = codec
+        self.codec = make_codec(codec)
+        self.dtmf_pt = dtmf.payload_type if dtmf is not None else None
+        self.remote = remote
+        self.stats = RtpStats()
+        self.direction: Direction = "sendrecv"
+        self.comfort_silence = comfort_silence
+        self._on_audio = on_audio
+        self._on_dtmf = on_dtmf
+        self._on_timeout = on_timeout
+        self._timeout_s = timeout_s
+        self._latched: tuple[str, int] | None = None
+        self._jitter = JitterBuffer(
+            self.codec.clock_rate,
+            self.codec.frame_samples,
+            playout_ms,
+            decode=self.codec.decode,
+            conceal=self.codec.conceal,
+            pcm_frame_samples=self.codec.pcm_rate * FRAME_MS // 1000,
+        )
+        self._dtmf = DtmfReceiver()
+        self._to_caller = StreamResampler(self.codec.pcm_rate, CALLER_RATE)
+        self._started = False  # first audio packet received
+        self._pcm_frame = self.codec.pcm_rate * FRAME_MS // 1000
+        self._silence = np.zeros(self._pcm_frame, np.int16)
+        self._out: deque[Pcm] = deque()
+        self._ssrc = secrets.randbits(32)
+        self._seq = secrets.randbits(16)
+        self._ts = secrets.randbits(32)
+        self._talking = False  # last packet sent carried bot audio
+        self._sent_any = False
+        self._last_rx: float | None = None
+        self._timed_out = False
+        self._closed = False
+        protocol.session = self
+
+    # ----------------------------------------------------------------- receive
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One UDP datagram from anyone: never raises."""
+        if self._closed:
+            return
+        if self._latched is not None and addr != self._latched:
+            self.stats.foreign += 1
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError:
+            self.stats.malformed += 1
+            return
+        pt = packet.payload_type
+        if pt != self.codec.payload_type and pt != self.dtmf_pt:
+            self.stats.unknown_payload += 1
+            return
+        if self._latched is None:
+            self._latched = addr
+            if addr != self.remote:
+                log.info("RTP from %s:%d, SDP said %s:%d: latching", *addr, *self.remote)
+        self._last_rx = asyncio.get_running_loop().time()
+        self.stats.received += 1
+        if pt == self.dtmf_pt:
+            self._on_telephone_event(packet)
+        elif self.direction in ("sendrecv", "recvonly"):
+            self._started = True
+            self._jitter.push(packet)
+
+    def _on_telephone_event(self, packet: RtpPacket) -> None:
+        self.stats.dtmf_packets += 1
+        self._jitter.mark_received(packet)
+        try:
+            digit = self._dtmf.feed(packet.timestamp, packet.payload)
+        except DtmfError:
+            self.stats.malformed += 1
+            return
+        if digit is not None:
+            self._on_dtmf(digit)
+
+    @property
+    def send_target(self) -> tuple[str, int]:
+        """Where our RTP goes: the latched source (symmetric RTP), else the SDP address."""
+        return self._latched or self.remote
+
+    def update_remote(self, remote: tuple[str, int]) -> None:
+        """A re-INVITE moved the far end: forget the latch and the old stream's state."""
+        if remote != self.remote:
+            self.remote = remote
+            self._latched = None
+
+    # -------------------------------------------------------------------- send
+
+    def enqueue(self, audio: Audio) -> None:
+        """Queue one sentence of bot speech (any rate) as 20 ms frames at the codec rate."""
+        pcm = np.asarray(audio.pcm, dtype=np.int16).reshape(-1)
+        if pcm.size == 0:
+            return
+        if audio.sample_rate != self.codec.pcm_rate:
+            pcm = resample(pcm, audio.sample_rate, self.codec.pcm_rate)
+        n = self._pcm_frame
+        whole = len(pcm) // n * n
+        for i in range(0, whole, n):
+            self._out.append(pcm[i : i + n])
+        if whole < len(pcm):
+            last = np.zeros(n, np.int16)
+            last[: len(pcm) - whole] = pcm[whole:]
+            self._out.append(last)
+
+    def clear(self) -> None:
+        """Barge-in: drop queued bot audio; the next audio starts a new talkspurt."""
+        self._out.clear()
+
+    @property
+    def queued_ms(self) -> int:
+        """Bot audio waiting to be sent."""
+        return len(self._out) * FRAME_MS
+
+    def _send_frame(self) -> None:
+        ts = self._ts
+        self._ts = (self._ts + self.codec.frame_samples) & 0xFFFFFFFF
+        if self.direction not in ("sendrecv", "sendonly"):
+            self._talking = False
+            self._out.clear()
+            return
+        if self._out:
+            frame, talking = self._out.popleft(), True
+        elif self.comfort_silence:
+            frame, talking = self._silence, False
+        else:
+            self._talking = False
+            return
+        marker = not self._sent_any or (talking and not self._talking)
+        self._talking = talking
+        packet = RtpPacket(
+            self.codec.payload_type, self._seq, ts, self._ssrc, self.codec.encode(frame), marker
+        )
+        self._seq = (self._seq + 1) & 0xFFFF
+        self._sent_any = True
+        self.transport.sendto(packet.serialize(), self.send_target)
+        self.stats.sent += 1
+        self.stats.audio_sent += talking
+
+    # -------------------------------------------------------------------- tick
+
+    def tick(self, now: float, skipped: int = 0) -> None:
+        """One 20 ms period: play out one received frame into the call, send one packet.
+        `skipped` ticks were lost to a clock resync: the RTP clock jumps over them."""
+        if self._closed:
+            return
+        if skipped:
+            self._ts = (self._ts + skipped * self.codec.frame_samples) & 0xFFFFFFFF
+            self._talking = False  # the next audio packet carries the marker again
+            self.stats.resyncs += 1
+        if self._started:
+            frame = self._jitter.pop()
+            pcm16k = self._to_caller.process(frame)
+            if pcm16k.size:
+                self.stats.frames_fed += 1
+                self._on_audio(pcm16k)
+        self._send_frame()
+        self._check_timeout(now)
+
+    def _check_timeout(self, now: float) -> None:
+        if self._timed_out or self.direction in ("sendonly", "inactive"):
+            return  # on hold the caller sends nothing, by design
+        if self._last_rx is None:
+            self._last_rx = now
+        elif now - self._last_rx > self._timeout_s:
+            self._timed_out = True
+            self._on_timeout()
+
+    def set_direction(self, direction: Direction) -> None:
+        """Our negotiated direction (from the answer): hold stops sending and/or receiving."""
+        if direction != self.direction:
+            self.direction = direction
+            self._last_rx = None  # restart the inactivity timer
+
+    @property
+    def jitter_stats(self) -> object:
+        """The jitter buffer's counters (`media.jitter.JitterStats`)."""
+        return self._jitter.stats
+
+    def close(self) -> None:
+        """Close the socket. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._out.clear()
+            self.transport.close()
+
+
+class MediaClock:
+    """Ticks every registered session each 20 ms from one task, on an absolute schedule."""
+
+    def __init__(self, period_s: float = FRAME_MS / 1000) -> None:
+        self.period_s = period_s
+        self.sessions: set[RtpSession] = set()
+        self.resyncs = 0
+        self.ticks = 0
+        self.late_ticks = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, session: RtpSession) -> None:
+        """Start ticking `session` (starts the clock task on first use)."""
+        self.sessions.add(session)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="media-clock")
+
+    def discard(self, session: RtpSession) -> None:
+        """Stop ticking `session`."""
+        self.sessions.discard(session)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time()
+        while True:
+            deadline += self.period_s
+            delay = deadline - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = loop.time()
+            behind = int((now - deadline) / self.period_s)
+            skipped = 0
+            if behind > MAX_CATCH_UP:
+                skipped = behind
+                deadline += behind * self.period_s
+                self.resyncs += 1
+                log.warning("media clock %d ms behind: resynchronised", behind * 20)
+            elif behind > 0:
+                self.late_ticks += 1
+            self.ticks += 1
+            for session in list(self.sessions):
+                try:
+                    session.tick(now, skipped)
+                except Exception:
+                    log.exception("RTP session on port %d failed a tick", session.local_port)
+                    self.sessions.discard(session)
+
+    async def stop(self) -> None:
+        """Stop the clock task."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

@@ -1,0 +1,337 @@
+"""The SIP door: the `sip.api.CallApplication` that turns SIP/RTP callers into calls.
+
+INVITE → the call manager opens a call (over `MAX_CONCURRENT_CALLS` the INVITE gets 503),
+the first offered codec we support is chosen (488 when none), and an RTP socket is bound on
+an even port of `RTP_PORT_MIN..RTP_PORT_MAX`. From then on `bridge.doors.rtp_session` moves
+the media: caller RTP → jitter buffer → decode → 16 kHz → `call.feed`, telephone-events →
+`call.dtmf`, and the bot's audio → 20 ms RTP paced by the door's `MediaClock`. The call ends
+with the dialog (BYE either way, CANCEL, no ACK), on RTP inactivity (`RTP_TIMEOUT_S`, we send
+BYE), or when the pipeline hangs up (we send BYE).
+
+`start_sip(settings, calls, metrics)` starts the door and its UAS; the app calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from bridge.backends.base import Audio
+from bridge.config import Settings
+from bridge.contract import CallHandle, CallLimitExceeded, CallOptions, CallSink, Event
+from bridge.doors.rtp_session import MediaClock, RtpSession, UnsupportedCodec, bind_rtp_port
+from bridge.metrics import Metrics
+from sip.api import CallInfo, Dialog, MediaAnswer, MediaOffer, SipReject
+from sip.sdp import choose_codec, negotiate_direction
+from sip.uas import UserAgentServer
+
+__all__ = ["CallOpener", "SipDoor", "SipService", "start_sip"]
+
+log = logging.getLogger("bridge.doors.sip")
+
+
+class CallOpener(Protocol):
+    """What the door needs from `bridge.calls.CallManager`."""
+
+    async def open(self, options: CallOptions, sink: CallSink) -> CallHandle: ...
+
+
+class _Sink:
+    """The door side of one call (`bridge.contract.CallSink`)."""
+
+    def __init__(self, door: SipDoor, call_id: str) -> None:
+        self._door = door
+        self._call_id = call_id
+        self.session: RtpSession | None = None
+        self.dialog: Dialog | None = None
+        self.events = 0
+
+    async def send_event(self, event: Event) -> None:
+        """SIP has no event channel: events are only logged at debug level."""
+        self.events += 1
+        log.debug("call_id=%s event %s", self._call_id, event.get("type"))
+
+    async def send_audio(self, audio: Audio) -> None:
+        """Resample, cut in 20 ms frames and queue; the media clock paces them out."""
+        if self.session is not None:
+            self.session.enqueue(audio)
+
+    def clear_audio(self) -> None:
+        """Barge-in: drop queued bot audio."""
+        if self.session is not None:
+            self.session.clear()
+
+    async def hangup(self, reason: str) -> None:
+        """The bridge ends the call: BYE through the dialog (or nothing before the ACK)."""
+        await self._door.end_call(self._call_id, reason)
+
+
+@dataclass
+class _SipCall:
+    call_id: str
+    info: CallInfo
+    sink: _Sink
+    session: RtpSession
+    handle: CallHandle
+    dialog: Dialog | None = None
+    ending: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+
+class SipDoor:
+    """Implements `sip.api.CallApplication` on top of a call manager."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        calls: CallOpener,
+        metrics: Metrics | None = None,
+        *,
+        rtp_host: str | None = None,
+        comfort_silence: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.calls = calls
+        self.metrics = metrics
+        self.rtp_host = rtp_host or settings.sip_host
+        self.comfort_silence = comfort_silence
+        self.clock = MediaClock()
+        self.active: dict[str, _SipCall] = {}
+        self.rejected = 0
+        self._next_port = settings.rtp_port_min
+        self._counted: dict[str, tuple[int, int, int, int]] = {}
+
+    # ------------------------------------------------------------ CallApplication
+
+    async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
+        """Open the call, choose the codec, bind the RTP port, answer."""
+        codec, dtmf = choose_codec(offer)  # NoCommonCodec is a SipReject(488)
+        sink = _Sink(self, info.call_id)
+        try:
+            handle = await self.calls.open(CallOptions(door="sip", call_id=info.call_id), sink)
+        except CallLimitExceeded as exc:
+            self.rejected += 1
+            log.info("call_id=%s 503: %s", info.call_id, exc)
+            raise SipReject(503, "Service Unavailable") from None
+        try:
+            transport, protocol, port = await bind_rtp_port(
+                self.rtp_host,
+                self.settings.rtp_port_min,
+                self.settings.rtp_port_max,
+                self._next_port,
+            )
+        except OSError as exc:
+            log.error("call_id=%s no RTP port: %s", info.call_id, exc)
+            await handle.close("no RTP port")
+            raise SipReject(503, "Service Unavailable") from None
+        self._next_port = port + 2 if port + 2 <= self.settings.rtp_port_max else 0
+        try:
+            session = RtpSession(
+                transport,
+                protocol,
+                port,
+                codec,
+                dtmf,
+                (offer.address, offer.port),
+                playout_ms=self.settings.jitter_playout_ms,
+                timeout_s=self.settings.rtp_timeout_s,
+                on_audio=handle.feed,
+                on_dtmf=handle.dtmf,
+                on_timeout=lambda: self._spawn_end(info.call_id, "rtp timeout"),
+                comfort_silence=self.comfort_silence,
+            )
+        except UnsupportedCodec as exc:
+            transport.close()
+            await handle.close("codec")
+            raise SipReject(488, "Not Acceptable Here") from exc
+        direction = negotiate_direction(offer.direction)
+        session.set_direction(direction)
+        sink.session = session
+        self.active[info.call_id] = _SipCall(info.call_id, info, sink, session, handle)
+        log.info(
+            "call_id=%s RTP %s/%d on port %d, caller %s:%d",
+            info.call_id,
+            codec.name,
+            codec.clock_rate,
+            port,
+            offer.address,
+            offer.port,
+        )
+        address = self.settings.sip_public_host or info.local_host
+        return MediaAnswer(address, port, codec, dtmf, "sendrecv")
+
+    async def on_established(self, dialog: Dialog) -> None:
+        """ACK arrived: start the media clock for this call."""
+        call = self.active.get(dialog.info.call_id)
+        if call is None:
+            await dialog.hangup()
+            return
+        call.dialog = dialog
+        call.sink.dialog = dialog
+        if call.ending:  # the pipeline hung up before the ACK
+            await dialog.hangup()
+            return
+        self.clock.add(call.session)
+
+    async def on_reinvite(self, dialog: Dialog, offer: MediaOffer) -> MediaAnswer:
+        """Hold/unhold or a new address; the codec stays what it was if still offered."""
+        call = self.active.get(dialog.info.call_id)
+        if call is None:
+            raise SipReject(481, "Call/Transaction Does Not Exist")
+        current = call.session.codec_info
+        same = next(
+            (
+                c
+                for c in offer.codecs
+                if c.name.lower() == current.name.lower() and c.clock_rate == current.clock_rate
+            ),
+            None,
+        )
+        if same is None:
+            raise SipReject(488, "Not Acceptable Here")
+        if same.payload_type != current.payload_type:
+            raise SipReject(488, "Not Acceptable Here")
+        dtmf = next(
+            (c for c in offer.codecs if c.name.lower() == "telephone-event"),
+            None,
+        )
+        call.session.dtmf_pt = dtmf.payload_type if dtmf is not None else None
+        if offer.port and offer.address not in ("0.0.0.0", "::"):
+            call.session.update_remote((offer.address, offer.port))
+        direction = negotiate_direction(offer.direction)
+        call.session.set_direction(direction)
+        log.info("call_id=%s re-INVITE: direction %s", call.call_id, direction)
+        address = self.settings.sip_public_host or dialog.info.local_host
+        return MediaAnswer(address, call.session.local_port, current, dtmf, "sendrecv")
+
+    async def on_info(self, dialog: Dialog, content_type: str, body: bytes) -> None:
+        """SIP INFO application/dtmf-relay (`Signal=5`) and application/dtmf (`5`)."""
+        call = self.active.get(dialog.info.call_id)
+        if call is None:
+            return
+        kind = content_type.split(";")[0].strip().lower()
+        digit = ""
+        text = body.decode("utf-8", "replace")
+        if kind == "application/dtmf-relay":
+            for line in text.splitlines():
+                name, _, value = line.partition("=")
+                if name.strip().lower() == "signal":
+                    digit = value.strip()
+        elif kind == "application/dtmf":
+            digit = text.strip()
+        if len(digit) == 1 and digit.upper() in "0123456789*#ABCD":
+            call.handle.dtmf(digit.upper())
+
+    async def on_terminated(self, call_id: str, reason: str) -> None:
+        """The dialog is over: stop the media and close the call."""
+        call = self.active.pop(call_id, None)
+        if call is None:
+            return
+        call.ending = True
+        self.clock.discard(call.session)
+        self._count(call)
+        call.session.close()
+        for task in call.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        log.info(
+            "call_id=%s ended (%s): rtp in=%d out=%d malformed=%d foreign=%d",
+            call_id,
+            reason,
+            call.session.stats.received,
+            call.session.stats.sent,
+            call.session.stats.malformed,
+            call.session.stats.foreign,
+        )
+        try:
+            await call.handle.close(reason)
+        except Exception:
+            log.exception("call_id=%s close failed", call_id)
+
+    # ---------------------------------------------------------------- door side
+
+    async def end_call(self, call_id: str, reason: str) -> None:
+        """Hang up from our side (pipeline hangup, RTP timeout): BYE, then on_terminated."""
+        call = self.active.get(call_id)
+        if call is None or call.ending:
+            return
+        call.ending = True
+        log.info("call_id=%s hanging up: %s", call_id, reason)
+        call.session.clear()
+        if call.dialog is not None:
+            await call.dialog.hangup()
+
+    def _spawn_end(self, call_id: str, reason: str) -> None:
+        call = self.active.get(call_id)
+        if call is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.end_call(call_id, reason))
+        call.tasks.add(task)
+        task.add_done_callback(call.tasks.discard)
+
+    def _count(self, call: _SipCall) -> None:
+        """Add a finished call's RTP counters to the door metrics."""
+        if self.metrics is None:
+            return
+        stats = call.session.stats
+        jitter = call.session.jitter_stats
+        m = self.metrics
+        m.rtp_packets_received.labels(door="sip").inc(stats.received)
+        m.rtp_packets_lost.labels(door="sip").inc(getattr(jitter, "lost", 0))
+        m.rtp_packets_late.labels(door="sip").inc(getattr(jitter, "late", 0))
+        if stats.malformed:
+            m.errors.labels(stage="rtp", error_type="malformed").inc(stats.malformed)
+        if stats.foreign:
+            m.errors.labels(stage="rtp", error_type="foreign_source").inc(stats.foreign)
+
+    async def close(self) -> None:
+        """Stop the media clock and close every socket (after the UAS has stopped)."""
+        for call_id in list(self.active):
+            await self.on_terminated(call_id, "shutdown")
+        await self.clock.stop()
+
+
+class SipService:
+    """The running SIP door: the UAS plus the door; `stop()` ends every call."""
+
+    def __init__(self, door: SipDoor, uas: UserAgentServer) -> None:
+        self.door = door
+        self.uas = uas
+
+    @property
+    def port(self) -> int:
+        """The bound SIP port."""
+        return self.uas.local_port
+
+    async def stop(self) -> None:
+        """BYE every call, close the SIP sockets and the RTP sockets."""
+        try:
+            await self.uas.stop()
+        finally:
+            await self.door.close()
+
+
+async def start_sip(
+    settings: Settings,
+    calls: CallOpener,
+    metrics: Metrics | None = None,
+    *,
+    udp: bool = True,
+    tcp: bool = True,
+    comfort_silence: bool = True,
+) -> SipService:
+    """Start the SIP door on `SIP_HOST:SIP_PORT` (port 0 picks a free one)."""
+    door = SipDoor(settings, calls, metrics, comfort_silence=comfort_silence)
+    uas = UserAgentServer(
+        door,
+        settings.sip_host,
+        settings.sip_port,
+        public_host=settings.sip_public_host,
+        udp=udp,
+        tcp=tcp,
+    )
+    await uas.start()
+    return SipService(door, uas)
+
