@@ -1,1 +1,4 @@
-"""Pure audio code: G.711, Opus, resampling, VAD, jitter buffer, RTP, DTMF, WAV. No I/O, no asyncio."""
+"""Pure audio code: G.711, Opus, resampling, VAD, jitter buffer, RTP, DTMF, WAV.
+
+No I/O, no asyncio, no configuration: everything here is a function of its inputs.
+"""

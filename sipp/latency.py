@@ -22,7 +22,7 @@ import math
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +60,17 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Percentiles:
-    """p50/p95/p99 in seconds (None where the window holds no observation) and the sample count."""
+    """p50/p95/p99 in seconds (None where the window holds no observation) and the sample count.
+
+    `above` names the quantiles whose rank fell above the highest finite bucket: their value
+    is that bucket's bound (as PromQL returns it) and the true latency is larger.
+    """
 
     p50: float | None
     p95: float | None
     p99: float | None
     samples: int
+    above: frozenset[str] = frozenset()
 
 
 def scrape(url: str, timeout: float = 5.0) -> str:
@@ -165,6 +170,8 @@ def quantile(q: float, histogram: Histogram) -> float | None:
         bucket_start, below = buckets[index - 1]
         count -= below
         rank -= below
+    if count == 0:  # q = 0 with an empty lowest bucket: 0/0, NaN in PromQL
+        return None
     return bucket_start + (bucket_end - bucket_start) * (rank / count)
 
 
@@ -181,10 +188,19 @@ def _monotonic(buckets: Sequence[tuple[float, float]]) -> list[tuple[float, floa
     return result
 
 
-def percentiles(histogram: Histogram, quantiles: Iterable[float] = QUANTILES) -> Percentiles:
+def in_overflow_bucket(q: float, histogram: Histogram) -> bool:
+    """True when the q-quantile's rank lies in the `+Inf` bucket (above every finite bound)."""
+    buckets = _monotonic(histogram.buckets)
+    if len(buckets) < 2 or not math.isinf(buckets[-1][0]) or buckets[-1][1] == 0:
+        return False
+    return buckets[-2][1] < q * buckets[-1][1]
+
+
+def percentiles(histogram: Histogram) -> Percentiles:
     """p50/p95/p99 of one histogram window."""
-    p50, p95, p99 = (quantile(q, histogram) for q in quantiles)
-    return Percentiles(p50=p50, p95=p95, p99=p99, samples=round(histogram.count))
+    p50, p95, p99 = (quantile(q, histogram) for q in QUANTILES)
+    above = frozenset(f"p{round(q * 100)}" for q in QUANTILES if in_overflow_bucket(q, histogram))
+    return Percentiles(p50=p50, p95=p95, p99=p99, samples=round(histogram.count), above=above)
 
 
 def summarize(before: str, after: str) -> dict[str, Percentiles]:
@@ -201,8 +217,10 @@ def summarize(before: str, after: str) -> dict[str, Percentiles]:
     return result
 
 
-def _ms(seconds: float | None) -> str:
-    return "n/a" if seconds is None else f"{round(seconds * 1000)}ms"
+def _ms(seconds: float | None, above: bool = False) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{'>' if above else ''}{round(seconds * 1000)}ms"
 
 
 def format_summary(
@@ -212,8 +230,13 @@ def format_summary(
     lines = [f"Calls completed: {calls_completed}", f"Errors: {errors}"]
     for label, key in ROWS:
         p = percentiles.get(key, Percentiles(None, None, None, 0))
-        lines.append(f"{label} latency   p50={_ms(p.p50)}  p95={_ms(p.p95)}  p99={_ms(p.p99)}")
+        p50, p95, p99 = (
+            _ms(v, n in p.above) for v, n in ((p.p50, "p50"), (p.p95, "p95"), (p.p99, "p99"))
+        )
+        lines.append(f"{label} latency   p50={p50}  p95={p95}  p99={p99}")
     lines.append(METHOD_LINE)
+    if any(p.above for p in percentiles.values()):
+        lines.append("'>': above the highest histogram bucket; the true value is larger.")
     return "\n".join(lines)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -57,7 +57,7 @@ class OllamaLLM:
     def _error(self, detail: str, kind: ErrorKind = "malformed") -> BackendError:
         return BackendError(self.name, self.endpoint, kind, detail)
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield each chunk's `message.content` until the final `done: true` line."""
         body = {
             "model": self.model,
@@ -134,7 +134,7 @@ class OpenAICompatLLM:
     def _malformed(self, detail: str) -> BackendError:
         return BackendError(self.name, self.endpoint, "malformed", detail)
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield `choices[0].delta.content` from each `data:` event until `[DONE]`."""
         body = {
             "model": self.model,
@@ -276,7 +276,7 @@ class EmbeddedLLM:
         except BaseException as exc:
             emit(exc)
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield reply tokens as the worker thread makes them."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

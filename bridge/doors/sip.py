@@ -41,9 +41,10 @@ class CallOpener(Protocol):
 class _Sink:
     """The door side of one call (`bridge.contract.CallSink`)."""
 
-    def __init__(self, door: SipDoor, call_id: str) -> None:
+    def __init__(self, door: SipDoor, info: CallInfo) -> None:
         self._door = door
-        self._call_id = call_id
+        self._call_id = info.call_id
+        self.info = info
         self.session: RtpSession | None = None
         self.dialog: Dialog | None = None
         self.events = 0
@@ -108,7 +109,7 @@ class SipDoor:
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
         """Open the call, choose the codec, bind the RTP port, answer."""
         codec, dtmf = choose_codec(offer)  # NoCommonCodec is a SipReject(488)
-        sink = _Sink(self, info.call_id)
+        sink = _Sink(self, info)
         try:
             handle = await self.calls.open(CallOptions(door="sip", call_id=info.call_id), sink)
         except CallLimitExceeded as exc:

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from media.wav import read_wav
 
@@ -70,6 +70,7 @@ class WhisperCppDouble:
             received: dict[str, Any] = {"content_type": request.content_type, "fields": {}}
             reader = await request.multipart()
             async for part in reader:
+                assert isinstance(part, BodyPartReader)
                 name = part.name or ""
                 if part.filename is not None:
                     payload = bytes(await part.read())
@@ -80,7 +81,7 @@ class WhisperCppDouble:
                         "pcm_rate": read_wav(payload),
                     }
                 else:
-                    received["fields"][name] = await part.text()  # type: ignore[union-attr]
+                    received["fields"][name] = await part.text()
             self.requests.append(received)
             if self.delay_s:
                 await asyncio.sleep(self.delay_s)

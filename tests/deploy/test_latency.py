@@ -53,6 +53,10 @@ def test_no_observations_or_no_inf_bucket_gives_none() -> None:
     assert quantile(0.5, Histogram(())) is None
 
 
+def test_q0_with_an_empty_lowest_bucket_is_none_like_promqls_nan() -> None:
+    assert quantile(0.0, Histogram(((0.1, 0.0), (0.2, 3.0), (INF, 3.0)))) is None
+
+
 def test_out_of_range_quantiles_follow_promql() -> None:
     assert quantile(-0.1, TEN) == -INF
     assert quantile(1.1, TEN) == INF
@@ -74,8 +78,8 @@ def test_a_counter_reset_between_scrapes_uses_the_later_scrape() -> None:
 
 @given(
     st.lists(st.integers(min_value=0, max_value=50), min_size=1, max_size=8),
-    st.floats(min_value=0.0, max_value=1.0),
-    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=0.001, max_value=1.0),
+    st.floats(min_value=0.001, max_value=1.0),
 )
 def test_quantile_is_monotonic_and_inside_the_bucket_range(
     per_bucket: list[int], q1: float, q2: float
@@ -145,6 +149,19 @@ def test_format_summary_prints_the_spec_block_then_the_method() -> None:
         "E2E latency   p50=562ms  p95=891ms  p99=1102ms",
     ]
     assert "bucket interpolation" in lines[6] and "histogram_quantile" in lines[6]
+
+
+def test_a_percentile_above_the_last_bucket_is_marked() -> None:
+    # 8 of 10 observations within 5 s, 2 above: p50 interpolates, p95 and p99 overflow.
+    hist = Histogram(((1.0, 5.0), (5.0, 8.0), (INF, 10.0)))
+    stats = latency.percentiles(hist)
+    assert stats.above == {"p95", "p99"}
+    assert stats.p95 == 5.0 and stats.p99 == 5.0
+    lines = format_summary(10, 0, {"llm": stats}).splitlines()
+    assert lines[3] == "LLM latency   p50=1000ms  p95=>5000ms  p99=>5000ms"
+    assert lines[-1].startswith("'>': above the highest histogram bucket")
+    assert not latency.in_overflow_bucket(0.8, hist)
+    assert latency.in_overflow_bucket(0.81, hist)
 
 
 def test_format_summary_marks_a_stage_without_data() -> None:
@@ -236,6 +253,10 @@ h_before_bucket{stage="tts",le="0.1"} 0
 h_before_bucket{stage="tts",le="0.25"} 0
 h_before_bucket{stage="tts",le="0.5"} 0
 h_before_bucket{stage="tts",le="+Inf"} 0
+h_before_bucket{stage="llm",le="0.1"} 0
+h_before_bucket{stage="llm",le="0.25"} 2
+h_before_bucket{stage="llm",le="0.5"} 2
+h_before_bucket{stage="llm",le="+Inf"} 2
 """
 PROM_AFTER = """# TYPE h_after histogram
 h_after_bucket{stage="asr",le="0.1"} 3
@@ -246,6 +267,10 @@ h_after_bucket{stage="tts",le="0.1"} 7
 h_after_bucket{stage="tts",le="0.25"} 7
 h_after_bucket{stage="tts",le="0.5"} 8
 h_after_bucket{stage="tts",le="+Inf"} 13
+h_after_bucket{stage="llm",le="0.1"} 0
+h_after_bucket{stage="llm",le="0.25"} 2
+h_after_bucket{stage="llm",le="0.5"} 9
+h_after_bucket{stage="llm",le="+Inf"} 9
 """
 
 
@@ -259,6 +284,7 @@ def test_quantiles_match_a_real_prometheus_histogram_quantile(
     pages.append(PROM_BEFORE + PROM_AFTER)
     before = latency.parse_histograms(PROM_BEFORE, "h_before", by="stage")
     after = latency.parse_histograms(PROM_AFTER, "h_after", by="stage")
+    nans = 0
     with running_prometheus([address], tmp_path) as prom:
         prom.wait_for('h_after_bucket{stage="tts"}')
         for q in (0.0, 0.3, 0.5, 0.9, 0.95, 0.99, 1.0):
@@ -272,7 +298,10 @@ def test_quantiles_match_a_real_prometheus_histogram_quantile(
                 theirs = {r["metric"]["stage"]: float(r["value"][1]) for r in prom.query(expr)}
                 assert set(theirs) == set(ours), expr
                 for stage, value in theirs.items():
-                    assert quantile(q, ours[stage]) == pytest.approx(value, abs=1e-9), (
-                        expr,
-                        stage,
-                    )
+                    mine = quantile(q, ours[stage])
+                    if math.isnan(value):  # PromQL's NaN is our None
+                        assert mine is None, (expr, stage)
+                        nans += 1
+                    else:
+                        assert mine == pytest.approx(value, abs=1e-9), (expr, stage)
+        assert nans == 2, "q=0 on the empty lowest llm bucket: NaN in both expressions"

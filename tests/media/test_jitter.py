@@ -239,3 +239,23 @@ def test_never_stalls_and_never_reorders(seq0: int, ts0: int, jitter_ms: list[in
     out = _run(_buffer(playout_delay_ms=40), arrivals, 50)
     played = [x for x in out if x != CONCEALED and x != 0]
     assert played == sorted(set(played))
+
+
+def test_with_real_opus_decoder_and_plc() -> None:
+    from media.opus import OpusDecoder, OpusEncoder
+
+    enc, dec = OpusEncoder(), OpusDecoder()
+    tone = (np.sin(2 * np.pi * 300 * np.arange(48000) / 48000) * 8000).astype(np.int16)
+    packets = [
+        RtpPacket(111, i, i * 960, 7, enc.encode(tone[i * 960 : (i + 1) * 960])) for i in range(30)
+    ]
+    jb = JitterBuffer(48000, 960, 60, decode=dec.decode, conceal=lambda _last: dec.conceal())
+    frames = []
+    for tick in range(33):
+        if tick < 30 and tick != 15:
+            jb.push(packets[tick])
+        frames.append(jb.pop())
+    assert all(f.shape == (960,) for f in frames)
+    concealed = frames[3 + 15]
+    assert np.sqrt(np.mean(concealed.astype(np.float64) ** 2)) > 1000  # PLC, not silence
+    assert (jb.stats.lost, jb.stats.concealed) == (1, 1)

@@ -49,9 +49,18 @@ describe("rendering events", () => {
     expect(screen.getAllByTestId("metrics-row")).toHaveLength(1);
   });
 
-  it("shows dashes before the first turn", () => {
+  it("shows dashes before the first turn and for stages that did not finish", () => {
     render(<MetricsPanel metrics={[]} />);
     expect(screen.getByTestId("metric-total").textContent).toBe("–");
+    cleanup();
+    const state = stateAfter([
+      { type: "transcript", text: "hi" },
+      { type: "metrics", asr_ms: 90, llm_ms: null, tts_ms: null, total_ms: null, interrupted: true },
+    ]);
+    render(<MetricsPanel metrics={state.metrics} />);
+    expect(screen.getByTestId("metric-asr").textContent).toBe("90");
+    expect(screen.getByTestId("metric-llm").textContent).toBe("–");
+    expect(screen.getByTestId("metrics-row").textContent).toContain("1*");
   });
 
   it("shows the status and the error text", () => {

@@ -47,9 +47,24 @@ describe("callReducer", () => {
       { type: "metrics", asr_ms: 150, llm_ms: 220, tts_ms: 190, total_ms: 700 },
     ]);
     expect(s.metrics).toEqual([
-      { turn: 1, asr_ms: 140, llm_ms: 210, tts_ms: 180, total_ms: 640 },
-      { turn: 2, asr_ms: 150, llm_ms: 220, tts_ms: 190, total_ms: 700 },
+      { turn: 1, asr_ms: 140, llm_ms: 210, tts_ms: 180, total_ms: 640, interrupted: false },
+      { turn: 2, asr_ms: 150, llm_ms: 220, tts_ms: 190, total_ms: 700, interrupted: false },
     ]);
+  });
+
+  it("keeps stages that did not finish as null", () => {
+    const s = run([
+      { type: "transcript", text: "one" },
+      { type: "metrics", asr_ms: 140, llm_ms: null, tts_ms: null, total_ms: null, interrupted: true },
+    ]);
+    expect(s.metrics[0]).toEqual({
+      turn: 1,
+      asr_ms: 140,
+      llm_ms: null,
+      tts_ms: null,
+      total_ms: null,
+      interrupted: true,
+    });
   });
 
   it("shows pipeline errors and keeps the call live", () => {

@@ -5,7 +5,14 @@ export type ServerEvent =
   | { type: "llm_token"; token: string }
   | { type: "llm_done"; text: string; latency_ms?: number }
   | { type: "tts_ready"; latency_ms?: number }
-  | { type: "metrics"; asr_ms: number; llm_ms: number; tts_ms: number; total_ms: number }
+  | {
+      type: "metrics";
+      asr_ms: number | null;
+      llm_ms: number | null;
+      tts_ms: number | null;
+      total_ms: number | null;
+      interrupted?: boolean;
+    }
   | { type: "error"; stage?: string; message: string }
   | { type: "hangup"; reason?: string };
 
@@ -28,12 +35,18 @@ export interface Turn {
   latencyMs?: number;
 }
 
+/** One turn's latencies in ms; null where the stage did not finish (error, barge-in). */
 export interface TurnMetrics {
   turn: number;
-  asr_ms: number;
-  llm_ms: number;
-  tts_ms: number;
-  total_ms: number;
+  asr_ms: number | null;
+  llm_ms: number | null;
+  tts_ms: number | null;
+  total_ms: number | null;
+  interrupted: boolean;
+}
+
+function msOrNull(value: unknown): number | null {
+  return typeof value === "number" && Number.isFinite(value) ? value : null;
 }
 
 export interface CallState {
@@ -149,10 +162,11 @@ function onEvent(state: CallState, event: ServerEvent): CallState {
       const callerTurns = state.turns.filter((t) => t.role === "caller").length;
       const row: TurnMetrics = {
         turn: Math.max(1, callerTurns),
-        asr_ms: Number(event.asr_ms),
-        llm_ms: Number(event.llm_ms),
-        tts_ms: Number(event.tts_ms),
-        total_ms: Number(event.total_ms),
+        asr_ms: msOrNull(event.asr_ms),
+        llm_ms: msOrNull(event.llm_ms),
+        tts_ms: msOrNull(event.tts_ms),
+        total_ms: msOrNull(event.total_ms),
+        interrupted: event.interrupted === true,
       };
       return { ...state, metrics: [...state.metrics, row] };
     }

@@ -9,8 +9,8 @@ const STAGES = [
   ["total", "Total"],
 ] as const;
 
-function ms(value: number | undefined): string {
-  return value === undefined || Number.isNaN(value) ? "–" : `${Math.round(value)}`;
+function ms(value: number | null | undefined): string {
+  return value === null || value === undefined ? "–" : `${Math.round(value)}`;
 }
 
 /** The latest turn's latencies in large type, every turn in the table below. */
@@ -39,8 +39,16 @@ export function MetricsPanel({ metrics }: { metrics: TurnMetrics[] }) {
           </thead>
           <tbody>
             {metrics.map((m, i) => (
-              <tr key={i} data-testid="metrics-row">
-                <td>{m.turn}</td>
+              <tr
+                key={i}
+                data-testid="metrics-row"
+                className={m.interrupted ? "interrupted" : undefined}
+                title={m.interrupted ? "the caller interrupted this reply" : undefined}
+              >
+                <td>
+                  {m.turn}
+                  {m.interrupted ? "*" : ""}
+                </td>
                 {STAGES.map(([key]) => (
                   <td key={key}>{ms(m[`${key}_ms`])}</td>
                 ))}

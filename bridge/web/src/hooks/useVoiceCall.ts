@@ -185,6 +185,11 @@ export function useVoiceCall() {
         dispatch({ kind: "event", event });
         if (event.type === "hangup") release(false);
       };
+      channel.onclose = () => {
+        if (!current()) return;
+        dispatch({ kind: "ended", reason: "the bridge closed the call" });
+        release(false);
+      };
       pc.ontrack = (ev) => {
         const audio = audioRef.current;
         if (!audio) return;

@@ -1,0 +1,246 @@
+"""The SIP door's media without SIP signalling: a raw UDP socket plays the caller.
+
+Drives `SipDoor` through the `sip.api.CallApplication` calls the UAS would make, with a fake
+dialog, and checks the RTP it sends (pacing, sequence, timestamp, marker, SSRC), the audio it
+feeds the call, hold, barge-in, the inactivity timeout and RTP port exhaustion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from bridge.backends.base import Audio
+from bridge.doors.echo import EchoCalls
+from bridge.doors.sip import SipDoor
+from media.dtmf import build_telephone_event
+from media.g711 import ulaw_decode, ulaw_encode
+from media.opus import OpusEncoder
+from media.rtp import RtpPacket, parse_rtp
+from sip.api import CallInfo, Codec, MediaOffer, SipReject
+from tests.sipdoor.helpers import door_settings, udp_socket
+
+pytestmark = pytest.mark.timeout(30)
+
+PCMU = Codec("PCMU", 0, 8000)
+OPUS = Codec("opus", 111, 48000, 2)
+EVENTS = Codec("telephone-event", 101, 8000, fmtp="0-16")
+
+
+@dataclass
+class FakeDialog:
+    info: CallInfo
+    hangups: list[float] = field(default_factory=list)
+
+    async def hangup(self) -> None:
+        self.hangups.append(time.monotonic())
+
+
+def _info(call_id: str) -> CallInfo:
+    return CallInfo(call_id, "sip:a@x", "sip:b@y", ("127.0.0.1", 5060), "127.0.0.1", "udp")
+
+
+async def _receive(sock: socket.socket, seconds: float) -> list[tuple[float, RtpPacket]]:
+    loop = asyncio.get_running_loop()
+    out: list[tuple[float, RtpPacket]] = []
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        try:
+            data = await asyncio.wait_for(loop.sock_recv(sock, 2048), left)
+        except TimeoutError:
+            break
+        out.append((loop.time(), parse_rtp(data)))
+    return out
+
+
+async def _open(door: SipDoor, sock: socket.socket, codecs: tuple[Codec, ...] = (PCMU, EVENTS),
+                call_id: str = "c1") -> tuple[FakeDialog, int]:
+    port = sock.getsockname()[1]
+    answer = await door.on_invite(_info(call_id), MediaOffer("127.0.0.1", port, codecs))
+    dialog = FakeDialog(_info(call_id))
+    await door.on_established(dialog)
+    return dialog, answer.port
+
+
+def _tone(seconds: float, rate: int, hz: float = 440.0, level: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (level * 32767 * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
+async def test_paced_rtp_out_is_well_formed() -> None:
+    calls = EchoCalls(echo=False)
+    door = SipDoor(door_settings(), calls)
+    sock = udp_socket()
+    try:
+        dialog, _ = await _open(door, sock)
+        (call,) = calls.calls.values()
+        await call.sink.send_audio(Audio(_tone(0.3, 16000), 16000))
+        first = await _receive(sock, 0.6)
+        await call.sink.send_audio(Audio(_tone(0.2, 22050), 22050))  # a second talkspurt
+        second = await _receive(sock, 0.4)
+        packets = first + second
+        assert len({p.ssrc for _, p in packets}) == 1
+        seqs = [p.sequence for _, p in packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        stamps = [p.timestamp for _, p in packets]
+        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:], strict=False))
+        # comfort silence between the turns; marker on the first packet and each talkspurt
+        loud = [np.abs(ulaw_decode(p.payload).astype(int)).max() > 1000 for _, p in packets]
+        starts = [i for i, v in enumerate(loud) if v and (i == 0 or not loud[i - 1])]
+        assert len(starts) == 2
+        markers = [i for i, (_, p) in enumerate(packets) if p.marker]
+        assert markers == [0, *starts] or markers == starts
+        assert sum(loud) == 15 + 10  # 300 ms and 200 ms of tone, 20 ms a packet
+        # paced: 20 ms apart on average, no burst
+        times = np.array([t for t, _ in packets])
+        gaps = np.diff(times)
+        assert abs(float(np.mean(gaps)) - 0.020) < 0.002
+        assert float(np.percentile(gaps, 5)) > 0.010
+        assert not dialog.hangups
+    finally:
+        await door.close()
+        sock.close()
+
+
+async def test_caller_audio_dtmf_garbage_and_barge_in() -> None:
+    calls = EchoCalls(echo=False)
+    door = SipDoor(door_settings(), calls)
+    sock = udp_socket()
+    try:
+        _, rtp_port = await _open(door, sock)
+        (call,) = calls.calls.values()
+        tone = _tone(1.0, 8000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(50):
+            payload = ulaw_encode(tone[i * 160 : (i + 1) * 160])
+            sock.sendto(RtpPacket(0, 100 + i, 8000 + i * 160, 7, payload).serialize(),
+                        ("127.0.0.1", rtp_port))
+            if i == 10:  # garbage from the caller's own address: counted, dropped
+                sock.sendto(b"\x00garbage", ("127.0.0.1", rtp_port))
+                sock.sendto(b"\x80\x7f", ("127.0.0.1", rtp_port))
+            if i == 20:  # a digit, end packet repeated
+                for _ in range(3):
+                    event = build_telephone_event("5", end=True, duration=800)
+                    sock.sendto(RtpPacket(101, 1000, 12345, 7, event).serialize(),
+                                ("127.0.0.1", rtp_port))
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+        await asyncio.sleep(0.3)
+        session = call.sink.session  # type: ignore[attr-defined]
+        assert call.digits == ["5"]
+        assert session.stats.malformed == 2
+        # the bridge heard one second of tone at 16 kHz, at the right level
+        audio = call.audio
+        loud = audio[np.abs(audio) > 2000]
+        assert 0.9 * 16000 < len(audio) and len(loud) > 0.5 * 16000
+        rms = float(np.sqrt(np.mean(audio[4000:12000].astype(float) ** 2)))
+        assert abs(20 * np.log10(rms / (0.3 * 32767 / np.sqrt(2)))) < 1.0
+        # barge-in drops what is queued
+        await call.sink.send_audio(Audio(_tone(2.0, 8000), 8000))
+        assert session.queued_ms >= 1900
+        call.sink.clear_audio()
+        assert session.queued_ms == 0
+    finally:
+        await door.close()
+        sock.close()
+
+
+async def test_hold_stops_sending_and_unhold_resumes() -> None:
+    calls = EchoCalls(echo=False)
+    door = SipDoor(door_settings(), calls)
+    sock = udp_socket()
+    try:
+        dialog, _ = await _open(door, sock)
+        port = sock.getsockname()[1]
+        assert len(await _receive(sock, 0.2)) >= 7
+        answer = await door.on_reinvite(
+            dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS), direction="sendonly")
+        )
+        assert answer.port == (await door.on_reinvite(
+            dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS), direction="inactive"))).port
+        await asyncio.sleep(0.05)
+        while True:  # drain what was already in flight
+            try:
+                sock.recv(2048)
+            except BlockingIOError:
+                break
+        assert await _receive(sock, 0.3) == []
+        await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS)))
+        assert len(await _receive(sock, 0.2)) >= 7
+        with pytest.raises(SipReject) as rejected:
+            await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (OPUS,)))
+        assert rejected.value.status == 488
+    finally:
+        await door.close()
+        sock.close()
+
+
+async def test_rtp_inactivity_sends_bye() -> None:
+    calls = EchoCalls()
+    door = SipDoor(door_settings(rtp_timeout_s=0.5), calls)
+    sock = udp_socket()
+    try:
+        dialog, _ = await _open(door, sock)
+        await asyncio.sleep(1.0)
+        assert len(dialog.hangups) == 1
+        await door.on_terminated("c1", "bye")  # the UAS reports the BYE transaction's end
+        (call,) = calls.calls.values()
+        assert call.closed_reason == "bye"
+        assert door.active == {}
+    finally:
+        await door.close()
+        sock.close()
+
+
+async def test_opus_call_round_trip() -> None:
+    calls = EchoCalls(chunk_ms=100)
+    door = SipDoor(door_settings(), calls)
+    sock = udp_socket()
+    try:
+        _, rtp_port = await _open(door, sock, codecs=(OPUS, EVENTS))
+        encoder = OpusEncoder()
+        tone = _tone(1.0, 48000)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(50):
+            payload = encoder.encode(tone[i * 960 : (i + 1) * 960])
+            sock.sendto(RtpPacket(111, i, i * 960, 9, payload).serialize(), ("127.0.0.1", rtp_port))
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+        back = await _receive(sock, 0.6)
+        (call,) = calls.calls.values()
+        assert len(call.audio) >= 0.9 * 16000
+        assert {p.payload_type for _, p in back} == {111}
+        assert {p.timestamp - back[0][1].timestamp for _, p in back[:3]} == {0, 960, 1920}
+    finally:
+        await door.close()
+        sock.close()
+
+
+async def test_no_free_rtp_port_is_503_and_the_call_is_released() -> None:
+    settings = door_settings()
+    low = settings.rtp_port_min + (settings.rtp_port_min & 1)
+    settings = settings.model_copy(update={"rtp_port_min": low, "rtp_port_max": low + 3})
+    blockers = []
+    for port in (low, low + 2):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", port))
+        blockers.append(s)
+    calls = EchoCalls()
+    door = SipDoor(settings, calls)
+    try:
+        with pytest.raises(SipReject) as rejected:
+            await door.on_invite(_info("c9"), MediaOffer("127.0.0.1", 4000, (PCMU,)))
+        assert rejected.value.status == 503
+        assert calls.active == {}
+        blockers.pop().close()
+        answer = await door.on_invite(_info("c10"), MediaOffer("127.0.0.1", 4000, (PCMU,)))
+        assert answer.port == low + 2
+    finally:
+        await door.close()
+        for s in blockers:
+            s.close()

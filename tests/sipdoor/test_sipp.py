@@ -1,0 +1,142 @@
+"""The SIP door against real SIPp: speech, DTMF, CANCEL, TCP, 503, garbage RTP, 50 calls."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.sipdoor.helpers import echo_door, run_sipp, speech_stats
+from tests.support import espeak_pcm, free_port, wav_bytes, with_silence
+
+pytestmark = pytest.mark.timeout(90)
+
+SENTENCE = "Please check the status of my order."
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An 8 kHz speech WAV with a little silence around it."""
+    pcm = with_silence(espeak_pcm(SENTENCE, rate=8000), 8000, 0.3, 0.5)
+    path = tmp_path_factory.mktemp("speech") / "speech.wav"
+    path.write_bytes(wav_bytes(pcm, 8000))
+    return path
+
+
+def _source_stats(path: Path) -> tuple[float, float]:
+    import wave
+
+    import numpy as np
+
+    with wave.open(str(path)) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    return speech_stats(pcm, 8000)
+
+
+@pytest.mark.parametrize("codec", ["pcmu", "pcma"])
+async def test_speech_call_reaches_the_call_and_is_echoed(speech_wav: Path, codec: str) -> None:
+    media_port = free_port(socket.SOCK_DGRAM)
+    async with echo_door() as door:
+        result = await run_sipp(
+            door.target, scenario="speech", calls=1, concurrency=1, codec=codec,
+            wav=speech_wav, media_port=media_port,
+        )
+        assert (result.calls_completed, result.calls_failed, result.unexpected) == (1, 0, 0)
+        assert result.exit_code == 0
+        (call,) = door.calls.calls.values()
+        assert call.closed_reason == "bye"
+        session = call.sink.session  # type: ignore[attr-defined]
+        assert session.codec_info.name == codec.upper()
+        assert session.send_target == ("127.0.0.1", media_port)  # back to SIPp's RTP port
+        assert session.stats.malformed == 0 and session.stats.foreign == 0
+        # the bridge heard the WAV: same speech length (±60 ms) and level (±1 dB)
+        sent_s, sent_db = _source_stats(speech_wav)
+        got_s, got_db = speech_stats(call.audio, 16000)
+        assert abs(got_s - sent_s) <= 0.06, (got_s, sent_s)
+        assert abs(got_db - sent_db) <= 1.0, (got_db, sent_db)
+        # and echoed it back as RTP to SIPp while the call lasted
+        assert session.stats.audio_sent >= int(sent_s / 0.02) - 25
+        assert "invite" in result.response_ms and "bye" in result.response_ms
+
+
+async def test_dtmf_1_pound_gives_exactly_two_digits() -> None:
+    async with echo_door() as door:
+        result = await run_sipp(door.target, scenario="dtmf", calls=1, concurrency=1, hold_ms=800)
+        assert (result.calls_completed, result.calls_failed, result.unexpected) == (1, 0, 0)
+        (call,) = door.calls.calls.values()
+        assert call.digits == ["1", "#"]
+
+
+async def test_cancel_before_answer_frees_the_call() -> None:
+    async with echo_door() as door:
+        door.calls.open_delay_s = 1.0  # the call is still being set up when CANCEL arrives
+        result = await run_sipp(door.target, scenario="cancel", calls=1, concurrency=1)
+        assert (result.calls_completed, result.calls_failed, result.unexpected) == (1, 0, 0)
+        (call,) = door.calls.calls.values()
+        for _ in range(50):
+            if call.closed_reason is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert call.closed_reason is not None
+        assert door.service.door.active == {}
+        assert call.sink.session.transport.is_closing()  # type: ignore[attr-defined]
+
+
+async def test_tcp_transport(speech_wav: Path) -> None:
+    async with echo_door() as door:
+        result = await run_sipp(
+            door.target, scenario="speech", calls=2, concurrency=2, transport="tcp",
+            wav=speech_wav, hold_ms=1500,
+        )
+        assert (result.calls_completed, result.calls_failed, result.unexpected) == (2, 0, 0)
+        assert len(door.calls.calls) == 2
+        assert all(c.sink.info.transport == "tcp" for c in door.calls.calls.values())  # type: ignore[attr-defined]
+        assert all(len(c.audio) > 16000 for c in door.calls.calls.values())
+
+
+async def test_over_capacity_gets_503() -> None:
+    async with echo_door(max_calls=1) as door:
+        result = await run_sipp(
+            door.target, scenario="load", calls=2, concurrency=2, rate=20, hold_ms=1500
+        )
+        assert result.calls_completed == 1 and result.calls_failed == 1
+        assert door.calls.rejected == 1
+
+
+async def test_garbage_rtp_is_counted_and_the_call_goes_on(speech_wav: Path) -> None:
+    async with echo_door() as door:
+        sipp = asyncio.ensure_future(
+            run_sipp(door.target, scenario="speech", calls=1, concurrency=1, wav=speech_wav)
+        )
+        for _ in range(200):
+            if door.service.door.active:
+                break
+            await asyncio.sleep(0.02)
+        (sip_call,) = door.service.door.active.values()
+        port = sip_call.session.local_port
+        junk = [b"", b"\x00", b"\xff" * 11, bytes(range(256)), b"\x80" + b"\x00" * 5, b"GET /"]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(60):
+                s.sendto(junk[i % len(junk)], ("127.0.0.1", port))
+                await asyncio.sleep(0.005)
+        result = await sipp
+        assert (result.calls_completed, result.calls_failed, result.unexpected) == (1, 0, 0)
+        stats = sip_call.session.stats
+        assert stats.malformed + stats.foreign == 60
+        sent_s, _ = _source_stats(speech_wav)
+        got_s, _ = speech_stats(sip_call.handle.audio, 16000)  # type: ignore[attr-defined]
+        assert abs(got_s - sent_s) <= 0.06
+
+
+async def test_fifty_concurrent_calls(speech_wav: Path) -> None:
+    async with echo_door() as door:
+        result = await run_sipp(
+            door.target, scenario="load", calls=50, concurrency=50, rate=100,
+            wav=speech_wav, hold_ms=3000,
+        )
+        assert (result.calls_completed, result.calls_failed, result.unexpected) == (50, 0, 0)
+        assert door.calls.peak == 50
+        assert all(c.closed_reason == "bye" for c in door.calls.calls.values())
+        assert all(len(c.audio) > 16000 for c in door.calls.calls.values())
