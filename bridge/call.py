@@ -41,7 +41,7 @@ from bridge.metrics import Metrics
 from bridge.sentences import SentenceSplitter
 from media.vad import VAD, EnergyVAD, SileroVAD, SpeechStarted, UtteranceEnded, rms_dbfs
 
-__all__ = ["BackendSet", "Call", "Pools", "make_vad"]
+__all__ = ["BackendSet", "Call", "Pools", "backend_concurrency", "make_vad"]
 
 log = logging.getLogger("bridge.call")
 
@@ -71,21 +71,42 @@ class BackendSet(Protocol):
     def tts(self) -> Mapping[str, TTS]: ...
 
 
+def backend_concurrency(backend: object, configured: int) -> int:
+    """How many requests to let through to `backend` at once.
+
+    The configured pool size, capped by what the backend itself can run in parallel: its
+    `max_concurrency` attribute when it has one, else 1 for an in-process (`embedded://`)
+    model, which runs on a single worker thread. Requests beyond that wait in the pool's
+    semaphore, where the stage timing sees them, instead of inside the backend, where they
+    would eat into its timeout.
+    """
+    limit = getattr(backend, "max_concurrency", None)
+    if isinstance(limit, int) and limit > 0:
+        return min(configured, limit)
+    if str(getattr(backend, "url", "")).startswith("embedded://"):
+        return 1
+    return configured
+
+
 @dataclass(frozen=True)
 class Pools:
-    """Backend concurrency limits shared by every call of one bridge."""
+    """Backend concurrency limits shared by every call of one bridge (TTS per engine)."""
 
     asr: asyncio.Semaphore
     llm: asyncio.Semaphore
-    tts: asyncio.Semaphore
+    tts: Mapping[str, asyncio.Semaphore]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pools:
-        """Semaphores sized by ASR_POOL_SIZE, LLM_POOL_SIZE and TTS_POOL_SIZE."""
+    def from_settings(cls, settings: Settings, backends: BackendSet) -> Pools:
+        """Semaphores sized by ASR_POOL_SIZE, LLM_POOL_SIZE and TTS_POOL_SIZE, each capped
+        by `backend_concurrency`."""
         return cls(
-            asyncio.Semaphore(settings.asr_pool_size),
-            asyncio.Semaphore(settings.llm_pool_size),
-            asyncio.Semaphore(settings.tts_pool_size),
+            asyncio.Semaphore(backend_concurrency(backends.asr, settings.asr_pool_size)),
+            asyncio.Semaphore(backend_concurrency(backends.llm, settings.llm_pool_size)),
+            {
+                engine: asyncio.Semaphore(backend_concurrency(tts, settings.tts_pool_size))
+                for engine, tts in backends.tts.items()
+            },
         )
 
 
@@ -167,6 +188,7 @@ class Call:
         self._asr = backends.asr
         self._llm = backends.llm
         self._tts = backends.tts.get(options.tts_engine) if options.mode == "conversation" else None
+        self._tts_pool = pools.tts.get(options.tts_engine)
         if options.mode == "conversation" and self._tts is None:
             raise ValueError(
                 f"tts_engine {options.tts_engine!r} is not available "
@@ -458,11 +480,11 @@ class Call:
 
     async def _speak(self, turn: _Turn, sentences: asyncio.Queue[str | None]) -> None:
         """Synthesize sentences in order and hand each to the sink as soon as it exists."""
-        assert self._tts is not None
+        assert self._tts is not None and self._tts_pool is not None
         while (sentence := await sentences.get()) is not None:
             start = time.monotonic()
             try:
-                async with self._pools.tts:
+                async with self._tts_pool:
                     audio = await self._tts.synthesize(sentence)
             except Exception as exc:
                 await self._stage_error("tts", exc)

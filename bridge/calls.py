@@ -31,7 +31,7 @@ class CallManager:
         self.settings = settings
         self.backends = backends
         self.metrics = metrics
-        self.pools = Pools.from_settings(settings)
+        self.pools = Pools.from_settings(settings, backends)
         self._calls: dict[str, Call] = {}
         self._accepting = True
 

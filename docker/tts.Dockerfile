@@ -33,13 +33,14 @@ RUN python -m piper.download_voices --data-dir /opt/voices "${PIPER_VOICE}" \
 
 FROM ${PYTHON_IMAGE} AS piper
 ARG PIPER_VOICE=en_US-lessac-medium
+RUN useradd --system --create-home --uid 10001 voicebridge
 COPY --from=piper-build /opt/venv /opt/venv
 COPY --from=piper-build /opt/voices /opt/voices
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PIPER_VOICE=${PIPER_VOICE} \
     PIPER_VOICE_DIR=/opt/voices
-WORKDIR /tmp
+WORKDIR /home/voicebridge
 USER 10001
 EXPOSE 5100/tcp
 CMD ["python", "-m", "bridge.tts_server", "--engine", "piper", "--host", "0.0.0.0", "--port", "5100"]
@@ -57,13 +58,14 @@ FROM ${PYTHON_IMAGE} AS coqui
 # Coqui's VITS phonemizes with the espeak-ng program.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends espeak-ng libsndfile1 \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --create-home --uid 10001 voicebridge
 COPY --from=coqui-build /opt/venv /opt/venv
 COPY --from=coqui-build /opt/coqui/model /opt/coqui/model
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     COQUI_MODEL_PATH=/opt/coqui/model
-WORKDIR /tmp
+WORKDIR /home/voicebridge
 USER 10001
 EXPOSE 5200/tcp
 CMD ["python", "-m", "bridge.tts_server", "--engine", "coqui", "--host", "0.0.0.0", "--port", "5200"]

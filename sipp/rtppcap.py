@@ -115,8 +115,11 @@ def write_pcap(path: Path, packets: Iterable[tuple[float, bytes]], start: float 
         for when, rtp in packets:
             frame = _udp_frame(rtp)
             secs = start + when
-            f.write(struct.pack("<IIII", int(secs), round((secs % 1) * 1e6) % 1000000,
-                                len(frame), len(frame)))
+            f.write(
+                struct.pack(
+                    "<IIII", int(secs), round((secs % 1) * 1e6) % 1000000, len(frame), len(frame)
+                )
+            )
             f.write(frame)
     return path
 

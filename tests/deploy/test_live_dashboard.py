@@ -42,9 +42,9 @@ RATE = 16000
 FRAME = RATE // 50  # 20 ms
 SENTENCE = "What time do you open tomorrow morning?"
 HAS_SIP = importlib.util.find_spec("bridge.doors.sip") is not None
-# Metrics no door sets yet: their panels cannot show data. strict=True: once a door sets
-# them, this test XPASSes, fails, and the entry must go.
-NOT_SET_BY_ANY_DOOR = {"jitter_buffer_depth_frames"}
+# Metrics no door sets yet, so their panels cannot show data: listed here, their queries are
+# xfail(strict=True), which fails as soon as a door sets them and the entry must go.
+NOT_SET_BY_ANY_DOOR: set[str] = set()
 
 
 @dataclass
@@ -93,7 +93,10 @@ async def _speak_and_wait(url: str, live: Live) -> None:
             sender = asyncio.create_task(stream())
             try:
                 await asyncio.sleep(0.3)
-                async with session.ws_connect(f"{url}/ws/call") as second:
+                async with (
+                    asyncio.timeout(10),
+                    session.ws_connect(f"{url}/ws/call") as second,
+                ):
                     await second.send_str(json.dumps(meta))
                     async for _ in second:
                         pass
@@ -111,7 +114,7 @@ async def _speak_and_wait(url: str, live: Live) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender
         await asyncio.sleep(0.5)  # the call's end reaches the metrics
-        async with session.ws_connect(f"{url}/ws/call") as bad:
+        async with asyncio.timeout(10), session.ws_connect(f"{url}/ws/call") as bad:
             await bad.send_str(json.dumps(meta))
             await bad.send_str("this is not audio")
             async for message in bad:
@@ -228,3 +231,14 @@ def test_dashboard_query_returns_data_after_the_calls(live: Live, query: dash.Qu
     assert any(not math.isnan(v) for v in values), (
         f"{query.id}: {query.promql()} -> {result}\nSIP call: {live.sip_output[-1500:]}"
     )
+
+
+def test_the_compose_health_check_passes_against_the_bridge(live: Live) -> None:
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    test = compose["services"]["bridge"]["healthcheck"]["test"]
+    assert test[0] == "CMD"
+    port = live.bridge_url.rsplit(":", 1)[1]
+    argv = [sys.executable if a == "python" else a.replace(":8080/", f":{port}/") for a in test[1:]]
+    assert subprocess.run(argv, timeout=30).returncode == 0

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,7 @@ async def ws_call(
     return record
 
 
-async def ws_expect_close(url: str, frames: list[str | bytes]) -> CallRecord:
+async def ws_expect_close(url: str, frames: Sequence[str | bytes]) -> CallRecord:
     """Send `frames` (the first is usually metadata) and collect until the server closes."""
     record = CallRecord()
     async with aiohttp.ClientSession() as session:

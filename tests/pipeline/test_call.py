@@ -44,7 +44,7 @@ def open_call(
         s,
         backends,
         metrics,
-        Pools.from_settings(s),
+        Pools.from_settings(s, backends),
     )
     sink.call = call
     call.start()
@@ -342,3 +342,22 @@ async def test_unknown_tts_engine_is_refused() -> None:
     with pytest.raises(UnknownTtsEngine, match="coqui"):
         await manager.open(CallOptions(door="websocket", tts_engine="coqui"), RecordingSink())
     assert manager.active == 0
+
+
+def test_pools_are_capped_by_backend_concurrency() -> None:
+    from bridge.call import backend_concurrency
+
+    class Embedded:
+        url = "embedded://faster-whisper/tiny.en"
+
+    class Remote:
+        url = "http://whisper:8178"
+
+    class Declared:
+        url = "http://ollama:11434"
+        max_concurrency = 3
+
+    assert backend_concurrency(Embedded(), 10) == 1
+    assert backend_concurrency(Remote(), 10) == 10
+    assert backend_concurrency(Declared(), 10) == 3
+    assert backend_concurrency(Declared(), 2) == 2

@@ -28,7 +28,7 @@ from tests.support import espeak_pcm, free_port, wav_bytes, with_silence, word_e
 
 pytestmark = pytest.mark.slow
 
-PROMPT = "Can you help me reset my password today?"
+PROMPT = "Good morning, I would like to know when the store opens tomorrow."
 SPEC_METRICS = (
     "pipeline_calls_active",
     "pipeline_calls_total",

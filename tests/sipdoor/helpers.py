@@ -93,7 +93,9 @@ async def run_sipp(target: str, **kwargs: Any) -> Any:
     return await asyncio.to_thread(runner.run, cfg)
 
 
-def frame_rms_db(pcm: npt.NDArray[np.int16], rate: int, frame_ms: int = 10) -> npt.NDArray[np.float64]:
+def frame_rms_db(
+    pcm: npt.NDArray[np.int16], rate: int, frame_ms: int = 10
+) -> npt.NDArray[np.float64]:
     """dBFS of each `frame_ms` frame."""
     n = rate * frame_ms // 1000
     frames = len(pcm) // n

@@ -18,7 +18,9 @@ SECTION = re.compile(r"^\[([A-Za-z0-9_.+-]+)\](?:\(([!A-Za-z0-9_,.+-]*)\))?$")
 OPTION = re.compile(r"^([A-Za-z0-9_]+)\s*(=>|=)\s*(.*)$")
 PJSIP_TYPES = {"transport", "endpoint", "aor", "auth", "identify", "registration", "global"}
 KNOWN_CODECS = {"ulaw", "alaw", "opus", "g722", "gsm", "all"}
-DIALPLAN_LINE = re.compile(r"^(_?[0-9A-Za-z+*#.\[\]X!-]+),(\d+|n|hint)(\([a-z0-9_-]+\))?,([A-Za-z]+)\((.*)\)$")
+DIALPLAN_LINE = re.compile(
+    r"^(_?[0-9A-Za-z+*#.\[\]X!-]+),(\d+|n|hint)(\([a-z0-9_-]+\))?,([A-Za-z]+)\((.*)\)$"
+)
 
 
 @dataclass

@@ -22,11 +22,26 @@ def _start_door(max_calls: int) -> tuple[subprocess.Popen[str], int]:
     low, high = rtp_range()
     proc = subprocess.Popen(
         [
-            sys.executable, "-m", "bridge.doors.echo", "--host", "127.0.0.1", "--port", "0",
-            "--rtp-min", str(low), "--rtp-max", str(high), "--max-calls", str(max_calls),
+            sys.executable,
+            "-m",
+            "bridge.doors.echo",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--rtp-min",
+            str(low),
+            "--rtp-max",
+            str(high),
+            "--max-calls",
+            str(max_calls),
         ],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 20
@@ -56,13 +71,22 @@ def _stop_door(proc: subprocess.Popen[str]) -> dict[str, object]:
 
 def test_sipp_100_concurrent_200_calls(tmp_path: Path) -> None:
     wav = tmp_path / "hello.wav"
-    wav.write_bytes(wav_bytes(with_silence(espeak_pcm("Hello there.", rate=8000), 8000, 0.1, 0.2), 8000))
+    wav.write_bytes(
+        wav_bytes(with_silence(espeak_pcm("Hello there.", rate=8000), 8000, 0.1, 0.2), 8000)
+    )
     proc, port = _start_door(max_calls=150)
     try:
         runner = load_runner()
         cfg = runner.RunConfig(
-            target=f"127.0.0.1:{port}", scenario="load", calls=200, concurrency=100, rate=100,
-            hold_ms=2500, wav=wav, local_ip="127.0.0.1", timeout_s=90,
+            target=f"127.0.0.1:{port}",
+            scenario="load",
+            calls=200,
+            concurrency=100,
+            rate=100,
+            hold_ms=2500,
+            wav=wav,
+            local_ip="127.0.0.1",
+            timeout_s=90,
         )
         result = runner.run(cfg)
         print(runner.format_result(result))

@@ -8,6 +8,7 @@ feeds the call, hold, barge-in, the inactivity timeout and RTP port exhaustion.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.timeout(30)
 PCMU = Codec("PCMU", 0, 8000)
 OPUS = Codec("opus", 111, 48000, 2)
 EVENTS = Codec("telephone-event", 101, 8000, fmtp="0-16")
+G729 = Codec("G729", 18, 8000)
 
 
 @dataclass
@@ -58,8 +60,12 @@ async def _receive(sock: socket.socket, seconds: float) -> list[tuple[float, Rtp
     return out
 
 
-async def _open(door: SipDoor, sock: socket.socket, codecs: tuple[Codec, ...] = (PCMU, EVENTS),
-                call_id: str = "c1") -> tuple[FakeDialog, int]:
+async def _open(
+    door: SipDoor,
+    sock: socket.socket,
+    codecs: tuple[Codec, ...] = (PCMU, EVENTS),
+    call_id: str = "c1",
+) -> tuple[FakeDialog, int]:
     port = sock.getsockname()[1]
     answer = await door.on_invite(_info(call_id), MediaOffer("127.0.0.1", port, codecs))
     dialog = FakeDialog(_info(call_id))
@@ -86,9 +92,9 @@ async def test_paced_rtp_out_is_well_formed() -> None:
         packets = first + second
         assert len({p.ssrc for _, p in packets}) == 1
         seqs = [p.sequence for _, p in packets]
-        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
         stamps = [p.timestamp for _, p in packets]
-        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in zip(stamps, stamps[1:], strict=False))
+        assert all((b - a) & 0xFFFFFFFF == 160 for a, b in itertools.pairwise(stamps))
         # comfort silence between the turns; marker on the first packet and each talkspurt
         loud = [np.abs(ulaw_decode(p.payload).astype(int)).max() > 1000 for _, p in packets]
         starts = [i for i, v in enumerate(loud) if v and (i == 0 or not loud[i - 1])]
@@ -119,16 +125,19 @@ async def test_caller_audio_dtmf_garbage_and_barge_in() -> None:
         start = loop.time()
         for i in range(50):
             payload = ulaw_encode(tone[i * 160 : (i + 1) * 160])
-            sock.sendto(RtpPacket(0, 100 + i, 8000 + i * 160, 7, payload).serialize(),
-                        ("127.0.0.1", rtp_port))
+            sock.sendto(
+                RtpPacket(0, 100 + i, 8000 + i * 160, 7, payload).serialize(),
+                ("127.0.0.1", rtp_port),
+            )
             if i == 10:  # garbage from the caller's own address: counted, dropped
                 sock.sendto(b"\x00garbage", ("127.0.0.1", rtp_port))
                 sock.sendto(b"\x80\x7f", ("127.0.0.1", rtp_port))
             if i == 20:  # a digit, end packet repeated
                 for _ in range(3):
                     event = build_telephone_event("5", end=True, duration=800)
-                    sock.sendto(RtpPacket(101, 1000, 12345, 7, event).serialize(),
-                                ("127.0.0.1", rtp_port))
+                    sock.sendto(
+                        RtpPacket(101, 1000, 12345, 7, event).serialize(), ("127.0.0.1", rtp_port)
+                    )
             await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
         await asyncio.sleep(0.3)
         session = call.sink.session  # type: ignore[attr-defined]
@@ -161,8 +170,14 @@ async def test_hold_stops_sending_and_unhold_resumes() -> None:
         answer = await door.on_reinvite(
             dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS), direction="sendonly")
         )
-        assert answer.port == (await door.on_reinvite(
-            dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS), direction="inactive"))).port
+        assert (
+            answer.port
+            == (
+                await door.on_reinvite(
+                    dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS), direction="inactive")
+                )
+            ).port
+        )
         await asyncio.sleep(0.05)
         while True:  # drain what was already in flight
             try:
@@ -172,9 +187,16 @@ async def test_hold_stops_sending_and_unhold_resumes() -> None:
         assert await _receive(sock, 0.3) == []
         await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS)))
         assert len(await _receive(sock, 0.2)) >= 7
-        with pytest.raises(SipReject) as rejected:
-            await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (OPUS,)))
+        with pytest.raises(SipReject) as rejected:  # nothing we can speak
+            await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (G729,)))
         assert rejected.value.status == 488
+        # a codec change: same SSRC, the new payload type, a marker on its first packet
+        before = await _receive(sock, 0.1)
+        answer = await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (OPUS, EVENTS)))
+        assert answer.codec == OPUS
+        after = [p for _, p in await _receive(sock, 0.2) if p.payload_type == 111]
+        assert len(after) >= 7 and after[0].marker
+        assert after[0].ssrc == before[-1][1].ssrc
     finally:
         await door.close()
         sock.close()

@@ -40,8 +40,13 @@ async def test_speech_call_reaches_the_call_and_is_echoed(speech_wav: Path, code
     media_port = free_port(socket.SOCK_DGRAM)
     async with echo_door() as door:
         result = await run_sipp(
-            door.target, scenario="speech", calls=1, concurrency=1, codec=codec,
-            wav=speech_wav, media_port=media_port,
+            door.target,
+            scenario="speech",
+            calls=1,
+            concurrency=1,
+            codec=codec,
+            wav=speech_wav,
+            media_port=media_port,
         )
         assert (result.calls_completed, result.calls_failed, result.unexpected) == (1, 0, 0)
         assert result.exit_code == 0
@@ -87,8 +92,13 @@ async def test_cancel_before_answer_frees_the_call() -> None:
 async def test_tcp_transport(speech_wav: Path) -> None:
     async with echo_door() as door:
         result = await run_sipp(
-            door.target, scenario="speech", calls=2, concurrency=2, transport="tcp",
-            wav=speech_wav, hold_ms=1500,
+            door.target,
+            scenario="speech",
+            calls=2,
+            concurrency=2,
+            transport="tcp",
+            wav=speech_wav,
+            hold_ms=1500,
         )
         assert (result.calls_completed, result.calls_failed, result.unexpected) == (2, 0, 0)
         assert len(door.calls.calls) == 2
@@ -133,8 +143,13 @@ async def test_garbage_rtp_is_counted_and_the_call_goes_on(speech_wav: Path) -> 
 async def test_fifty_concurrent_calls(speech_wav: Path) -> None:
     async with echo_door() as door:
         result = await run_sipp(
-            door.target, scenario="load", calls=50, concurrency=50, rate=100,
-            wav=speech_wav, hold_ms=3000,
+            door.target,
+            scenario="load",
+            calls=50,
+            concurrency=50,
+            rate=100,
+            wav=speech_wav,
+            hold_ms=3000,
         )
         assert (result.calls_completed, result.calls_failed, result.unexpected) == (50, 0, 0)
         assert door.calls.peak == 50
