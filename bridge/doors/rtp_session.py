@@ -62,6 +62,7 @@ MAX_CATCH_UP = 3
 """Missed ticks the clock still runs back to back; beyond this it resynchronises."""
 
 Pcm = npt.NDArray[np.int16]
+_UNSPECIFIED = ("0.0.0.0", "::", "")
 _RTCP_TYPES = (192, 223)  # second byte of RTCP (SR 200 ... ) seen as an RTP header
 
 
@@ -227,6 +228,8 @@ class RtpSession:
         self._latched: tuple[str, int] | None = None
         self._dtmf = DtmfReceiver()
         self._out: deque[Pcm] = deque()
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
         self._ts = secrets.randbits(32)
@@ -255,7 +258,7 @@ class RtpSession:
         )
         self._to_caller = StreamResampler(self.codec.pcm_rate, CALLER_RATE)
         self._started = False  # first audio packet of this codec received
-        self._out.clear()
+        self.clear()
 
     def change_codec(self, codec: Codec, dtmf: Codec | None) -> None:
         """A re-INVITE switched codecs: new encoder, decoder and jitter buffer; the RTP
@@ -341,10 +344,20 @@ class RtpSession:
             last = np.zeros(n, np.int16)
             last[: len(pcm) - whole] = pcm[whole:]
             self._out.append(last)
+        self._drained.clear()
 
     def clear(self) -> None:
         """Barge-in: drop queued bot audio; the next audio starts a new talkspurt."""
         self._out.clear()
+        self._drained.set()
+
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until the queued bot audio has been sent (False on timeout)."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def queued_ms(self) -> int:
@@ -356,10 +369,12 @@ class RtpSession:
         self._ts = (self._ts + self.codec.frame_samples) & 0xFFFFFFFF
         if self.direction not in ("sendrecv", "sendonly"):
             self._talking = False
-            self._out.clear()
+            self.clear()
             return
         if self._out:
             frame, talking = self._out.popleft(), True
+            if not self._out:
+                self._drained.set()
         elif self.comfort_silence:
             frame, talking = self._silence, False
         else:
@@ -372,7 +387,14 @@ class RtpSession:
         )
         self._seq = (self._seq + 1) & 0xFFFF
         self._sent_any = True
-        self.transport.sendto(packet.serialize(), self.send_target)
+        target = self.send_target
+        if target[1] == 0 or target[0] in _UNSPECIFIED:
+            return  # old-style hold (c=0.0.0.0) and nothing received yet: nowhere to send
+        try:
+            self.transport.sendto(packet.serialize(), target)
+        except OSError:  # e.g. an IPv6 peer on an IPv4 socket
+            self.stats.send_errors += 1
+            return
         self.stats.sent += 1
         self.stats.audio_sent += talking
 
@@ -430,7 +452,7 @@ class RtpSession:
         """Close the socket. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._out.clear()
+            self.clear()
             self.transport.close()
 
 

@@ -23,13 +23,30 @@ from bridge.config import Settings
 from bridge.contract import CallHandle, CallLimitExceeded, CallOptions, CallSink, Event
 from bridge.doors.rtp_session import MediaClock, RtpSession, UnsupportedCodec, bind_rtp_port
 from bridge.metrics import Metrics
-from sip.api import CallInfo, Dialog, MediaAnswer, MediaOffer, SipReject
+from sip.api import CallInfo, Dialog, Direction, MediaAnswer, MediaOffer, SipReject
 from sip.sdp import choose_codec, negotiate_direction
 from sip.uas import UserAgentServer
 
 __all__ = ["CallOpener", "SipDoor", "SipService", "start_sip"]
 
 log = logging.getLogger("bridge.doors.sip")
+
+DRAIN_LIMIT_S = 10.0
+"""How long a pipeline hangup waits for queued bot audio to play before the BYE."""
+
+_HANG_UP_NOW = frozenset({"shutdown", "rtp timeout", "media error"})
+
+
+_UNSPECIFIED = ("0.0.0.0", "::")
+
+
+def _our_direction(offer: MediaOffer) -> Direction:
+    """Our media direction for a re-INVITE's offer (RFC 3264 §6.1); an unspecified address
+    or port 0 is the old way to put a call on hold (RFC 2543): we stop sending."""
+    direction = negotiate_direction(offer.direction)
+    if offer.port == 0 or offer.address in _UNSPECIFIED:
+        return "recvonly" if direction in ("sendrecv", "recvonly") else "inactive"
+    return direction
 
 
 class CallOpener(Protocol):
@@ -45,9 +62,21 @@ class _Sink:
         self._door = door
         self._call_id = info.call_id
         self.info = info
-        self.session: RtpSession | None = None
-        self.dialog: Dialog | None = None
+        self._session: RtpSession | None = None
+        self._early: list[Audio] = []  # bot audio sent before the RTP socket existed
         self.events = 0
+
+    @property
+    def session(self) -> RtpSession | None:
+        """The call's RTP session, once `on_invite` has bound it."""
+        return self._session
+
+    def attach(self, session: RtpSession) -> None:
+        """Bind the RTP session; audio queued before now goes to it."""
+        self._session = session
+        for audio in self._early:
+            session.enqueue(audio)
+        self._early.clear()
 
     async def send_event(self, event: Event) -> None:
         """SIP has no event channel: events are only logged at debug level."""
@@ -56,16 +85,20 @@ class _Sink:
 
     async def send_audio(self, audio: Audio) -> None:
         """Resample, cut in 20 ms frames and queue; the media clock paces them out."""
-        if self.session is not None:
-            self.session.enqueue(audio)
+        if self._session is not None:
+            self._session.enqueue(audio)
+        else:
+            self._early.append(audio)
 
     def clear_audio(self) -> None:
         """Barge-in: drop queued bot audio."""
-        if self.session is not None:
-            self.session.clear()
+        self._early.clear()
+        if self._session is not None:
+            self._session.clear()
 
     async def hangup(self, reason: str) -> None:
-        """The bridge ends the call: BYE through the dialog (or nothing before the ACK)."""
+        """The bridge ends the call: BYE through the dialog once the queued audio has played
+        (a goodbye is not cut off; not on shutdown), or at the ACK if it has not come yet."""
         await self._door.end_call(self._call_id, reason)
 
 
@@ -148,9 +181,9 @@ class SipDoor:
             transport.close()
             await handle.close("codec")
             raise SipReject(488, "Not Acceptable Here") from exc
-        direction = negotiate_direction(offer.direction)
-        session.set_direction(direction)
-        sink.session = session
+        # an initial offer without an address is not hold: we send once RTP shows the way
+        session.set_direction(negotiate_direction(offer.direction))
+        sink.attach(session)
         self.active[info.call_id] = _SipCall(info.call_id, info, sink, session, handle)
         log.info(
             "call_id=%s RTP %s/%d on port %d, caller %s:%d",
@@ -171,7 +204,6 @@ class SipDoor:
             await dialog.hangup()
             return
         call.dialog = dialog
-        call.sink.dialog = dialog
         if call.ending:  # the pipeline hung up before the ACK
             await dialog.hangup()
             return
@@ -204,9 +236,9 @@ class SipDoor:
             call.session.change_codec(codec, dtmf)
         except UnsupportedCodec as exc:
             raise SipReject(488, "Not Acceptable Here") from exc
-        if offer.port and offer.address not in ("0.0.0.0", "::"):
+        if offer.port and offer.address not in _UNSPECIFIED:
             call.session.update_remote((offer.address, offer.port))
-        direction = negotiate_direction(offer.direction)
+        direction = _our_direction(offer)
         call.session.set_direction(direction)
         log.info(
             "call_id=%s re-INVITE: %s/%d, direction %s",
@@ -266,12 +298,17 @@ class SipDoor:
     # ---------------------------------------------------------------- door side
 
     async def end_call(self, call_id: str, reason: str) -> None:
-        """Hang up from our side (pipeline hangup, RTP timeout): BYE, then on_terminated."""
+        """Hang up from our side (pipeline hangup, RTP timeout): BYE, then on_terminated.
+
+        A pipeline hangup first lets the queued bot audio play out (at most
+        `DRAIN_LIMIT_S`); shutdown, RTP timeout and media errors hang up at once."""
         call = self.active.get(call_id)
         if call is None or call.ending:
             return
         call.ending = True
         log.info("call_id=%s hanging up: %s", call_id, reason)
+        if reason not in _HANG_UP_NOW and call.dialog is not None:
+            await call.session.drained(DRAIN_LIMIT_S)
         call.session.clear()
         if call.dialog is not None:
             await call.dialog.hangup()

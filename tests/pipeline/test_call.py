@@ -361,3 +361,18 @@ def test_pools_are_capped_by_backend_concurrency() -> None:
     assert backend_concurrency(Remote(), 10) == 10
     assert backend_concurrency(Declared(), 10) == 3
     assert backend_concurrency(Declared(), 2) == 2
+
+
+async def test_silero_vad_engine_finds_the_utterance() -> None:
+    from tests.support import espeak_pcm, with_silence
+
+    backends = FakeBackends()
+    call, sink, metrics = open_call(backends, mode="transcribe_only", vad_engine="silero")
+    try:
+        await feed(call, with_silence(espeak_pcm("Hello, how are you today?"), 16000, 0.5, 0.8))
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    assert sink.types() == ["transcript", "metrics"]
+    assert backends.asr.calls == 1
+    assert sample(metrics, "vad_speech_segments_total") == 1

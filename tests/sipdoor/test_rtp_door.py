@@ -12,6 +12,7 @@ import itertools
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,6 +59,16 @@ async def _receive(sock: socket.socket, seconds: float) -> list[tuple[float, Rtp
             break
         out.append((loop.time(), parse_rtp(data)))
     return out
+
+
+async def _drain(sock: socket.socket) -> None:
+    """Throw away the packets already in flight."""
+    await asyncio.sleep(0.05)
+    while True:
+        try:
+            sock.recv(2048)
+        except BlockingIOError:
+            return
 
 
 async def _open(
@@ -178,13 +189,14 @@ async def test_hold_stops_sending_and_unhold_resumes() -> None:
                 )
             ).port
         )
-        await asyncio.sleep(0.05)
-        while True:  # drain what was already in flight
-            try:
-                sock.recv(2048)
-            except BlockingIOError:
-                break
+        await _drain(sock)
         assert await _receive(sock, 0.3) == []
+        await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS)))
+        assert len(await _receive(sock, 0.2)) >= 7
+        # RFC 2543 hold: c=0.0.0.0 in a sendrecv offer
+        await door.on_reinvite(dialog, MediaOffer("0.0.0.0", port, (PCMU, EVENTS)))
+        await _drain(sock)
+        assert await _receive(sock, 0.2) == []
         await door.on_reinvite(dialog, MediaOffer("127.0.0.1", port, (PCMU, EVENTS)))
         assert len(await _receive(sock, 0.2)) >= 7
         with pytest.raises(SipReject) as rejected:  # nothing we can speak
@@ -266,3 +278,78 @@ async def test_no_free_rtp_port_is_503_and_the_call_is_released() -> None:
         await door.close()
         for s in blockers:
             s.close()
+
+
+async def test_sip_info_digits() -> None:
+    calls = EchoCalls(echo=False)
+    door = SipDoor(door_settings(), calls)
+    sock = udp_socket()
+    try:
+        dialog, _ = await _open(door, sock)
+        await door.on_info(dialog, "application/dtmf-relay", b"Signal=7\r\nDuration=160\r\n")
+        await door.on_info(dialog, "application/dtmf", b"#")
+        await door.on_info(dialog, "application/dtmf-relay", b"Signal=hello\r\n")
+        await door.on_info(dialog, "text/plain", b"9")
+        (call,) = calls.calls.values()
+        assert call.digits == ["7", "#"]
+    finally:
+        await door.close()
+        sock.close()
+
+
+class GreetingCalls(EchoCalls):
+    """Calls that queue a greeting the moment they open (before the RTP socket exists)."""
+
+    async def open(self, options: Any, sink: Any) -> Any:
+        call = await super().open(options, sink)
+        await sink.send_audio(Audio(_tone(0.2, 16000), 16000))
+        return call
+
+
+async def test_greeting_queued_at_open_is_played() -> None:
+    door = SipDoor(door_settings(), GreetingCalls(echo=False))
+    sock = udp_socket()
+    try:
+        await _open(door, sock)
+        packets = [p for _, p in await _receive(sock, 0.5)]
+        loud = [np.abs(ulaw_decode(p.payload).astype(int)).max() > 1000 for p in packets]
+        assert sum(loud) == 10
+    finally:
+        await door.close()
+        sock.close()
+
+
+async def test_pipeline_hangup_lets_the_goodbye_play_shutdown_does_not() -> None:
+    calls = EchoCalls(echo=False)
+    door = SipDoor(door_settings(), calls)
+    sock, sock2 = udp_socket(), udp_socket()
+    try:
+        dialog, _ = await _open(door, sock, call_id="bye1")
+        dialog2, _ = await _open(door, sock2, call_id="bye2")
+        one, two = calls.calls["bye1"], calls.calls["bye2"]
+        for call in (one, two):
+            await call.sink.send_audio(Audio(_tone(0.5, 8000), 8000))
+        started = time.monotonic()
+        await asyncio.gather(one.sink.hangup("goodbye"), two.sink.hangup("shutdown"))
+        assert dialog.hangups[0] - started >= 0.4  # after the 0.5 s goodbye played out
+        assert dialog2.hangups[0] - started < 0.1
+    finally:
+        await door.close()
+        sock.close()
+        sock2.close()
+
+
+async def test_unspecified_remote_sends_nothing_until_rtp_arrives() -> None:
+    calls = EchoCalls(echo=False)
+    door = SipDoor(door_settings(), calls)
+    sock = udp_socket()
+    try:
+        answer = await door.on_invite(_info("h0"), MediaOffer("0.0.0.0", 0, (PCMU,)))
+        await door.on_established(FakeDialog(_info("h0")))
+        assert await _receive(sock, 0.2) == []
+        packet = RtpPacket(0, 1, 160, 5, ulaw_encode(np.zeros(160, np.int16)))
+        sock.sendto(packet.serialize(), ("127.0.0.1", answer.port))
+        assert len(await _receive(sock, 0.2)) >= 7  # latched onto our socket
+    finally:
+        await door.close()
+        sock.close()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.sipdoor.helpers import echo_door, run_sipp, speech_stats
+from tests.sipdoor.helpers import REPO, echo_door, run_sipp, speech_stats
 from tests.support import espeak_pcm, free_port, wav_bytes, with_silence
 
 pytestmark = pytest.mark.timeout(90)
@@ -158,3 +160,40 @@ async def test_fifty_concurrent_calls(speech_wav: Path) -> None:
         assert door.calls.peak == 50
         assert all(c.closed_reason == "bye" for c in door.calls.calls.values())
         assert all(len(c.audio) > 16000 for c in door.calls.calls.values())
+
+
+async def test_runner_command_line_prints_the_summary() -> None:
+    async with echo_door() as door:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(REPO / "sipp" / "run"),
+            "--target",
+            door.target,
+            "--scenario",
+            "dtmf",
+            "--calls",
+            "1",
+            "--concurrency",
+            "1",
+            "--codec",
+            "pcma",
+            "--transport",
+            "tcp",
+            "--local-ip",
+            "127.0.0.1",
+            "--hold-ms",
+            "500",
+            "--timeout",
+            "30",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        text = out.decode()
+        assert proc.returncode == 0, text
+        assert "Calls completed: 1\nCalls failed: 0\n" in text
+        assert "Retransmissions: 0" in text and "Unexpected messages: 0" in text
+        assert re.search(r"SIP INVITE\s+response\s+p50=\d+ms\s+p95=\d+ms\s+p99=\d+ms", text)
+        (call,) = door.calls.calls.values()
+        assert call.sink.session.codec_info.name == "PCMA"  # type: ignore[attr-defined]
+        assert call.digits == ["1", "#"]
