@@ -70,5 +70,9 @@ def test_env_example_lists_every_setting() -> None:
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / ".env.example").read_text()
-    names = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
+    names = {
+        line.split("=", 1)[0]
+        for line in text.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     assert {f.upper() for f in Settings.model_fields} <= names
