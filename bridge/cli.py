@@ -1,4 +1,5 @@
-"""`voicebridge` command line: `serve` runs the bridge, `loadtest` runs the spec §4.5 tester."""
+"""`voicebridge` command line: `serve` runs the bridge, `loadtest` runs the spec §4.5 tester,
+`call` makes one WebSocket call from a WAV file."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
 
     load = sub.add_parser("loadtest", help="spec §4.5 load tester for the WebSocket door")
     add_arguments(load)
+
+    from bridge import wsclient
+
+    one = sub.add_parser("call", help="one WebSocket call: stream a WAV, print and save the reply")
+    wsclient.add_arguments(one)
     return parser
 
 
@@ -45,6 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _setup_logging("WARNING")
         return run_from_args(args)
+    if args.command == "call":
+        from bridge import wsclient
+
+        _setup_logging("WARNING")
+        return wsclient.run_from_args(args)
 
     overrides: dict[str, object] = {}
     if args.host:

@@ -284,3 +284,34 @@ def test_load_tester_summary(bridge: BridgeProcess, tmp_path: Path) -> None:
     assert re.fullmatch(r"ASR latency   p50=\d+ms  p95=\d+ms  p99=\d+ms", lines[2])
     assert re.fullmatch(r"E2E latency   p50=\d+ms  p95=\d+ms  p99=\d+ms", lines[5])
     assert out.returncode == 0
+
+
+def test_voicebridge_call_one_liner(bridge: BridgeProcess, tmp_path: Path) -> None:
+    """The README's one-line WebSocket example: stream a WAV, print the turn, save the reply."""
+    question = tmp_path / "question.wav"
+    question.write_bytes(wav_bytes(caller_pcm(16000), 16000))
+    reply = tmp_path / "reply.wav"
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("voicebridge")),
+            "call",
+            bridge.ws_url,
+            str(question),
+            "--out",
+            str(reply),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    heard = re.search(r"^caller: (.*)  \(\d+ ms\)$", out.stdout, re.M)
+    assert heard and word_error_rate(PROMPT, heard.group(1)) <= 0.2, out.stdout
+    assert re.search(r"^bot: \S.*\(\d+ ms\)$", out.stdout, re.M), out.stdout
+    assert re.search(r'^metrics: \{.*"total_ms": \d+', out.stdout, re.M), out.stdout
+    with wave.open(str(reply)) as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        samples = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    assert samples.size > w.getframerate() * 0.3
+    assert float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) > 100
