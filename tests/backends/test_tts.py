@@ -188,7 +188,7 @@ def test_coqui_without_the_package_fails_with_one_line(tmp_path: Path) -> None:
     try:
         import TTS  # noqa: F401
 
-        pytest.skip("coqui-tts is installed here")
+        pytest.skip("optional: coqui-tts is installed here")
     except ImportError:
         pass
     (tmp_path / "model_file.pth").write_bytes(b"\0")
