@@ -4,7 +4,8 @@ The bridge runs as a process on the embedded backends (faster-whisper tiny.en, S
 llama.cpp, Piper) with free ports. `sipp/run --concurrency 2 --duration 10s --metrics-url`
 places conversation calls that speak an espeak-ng sentence and wait for the bot's reply;
 the printed block must have the spec's line formats, `Errors: 0`, completed calls and a
-number for every stage. The planning arithmetic and the flag parsing are checked without
+number for every stage. A bridge with a dead LLM must make the block count the error. The
+planning arithmetic and the flag parsing are checked without
 a bridge.
 """
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +52,10 @@ class Bridge:
         return f"http://127.0.0.1:{self.http_port}/metrics"
 
 
-@pytest.fixture
-def bridge(tmp_path: Path) -> Iterator[Bridge]:
-    """`voicebridge serve` with embedded backends on free ports; killed afterwards."""
+@contextmanager
+def running_bridge(workdir: Path, **extra_env: str) -> Iterator[Bridge]:
+    """`voicebridge serve` (embedded backends unless `extra_env` says otherwise) on free
+    ports, ready once its backends are warm; terminated (then killed) on exit."""
     low, high = rtp_range()
     http_port, sip_port = free_port(), free_port()
     env = {
@@ -66,12 +69,13 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
         "RTP_PORT_MIN": str(low),
         "RTP_PORT_MAX": str(high),
         "LOG_LEVEL": "INFO",
+        **extra_env,
     }
-    log = tmp_path / "bridge.log"
+    log = workdir / "bridge.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "bridge", "serve"],
-            cwd=tmp_path,  # no developer .env
+            cwd=workdir,  # no developer .env
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -90,6 +94,13 @@ def bridge(tmp_path: Path) -> Iterator[Bridge]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Iterator[Bridge]:
+    """The bridge on the embedded backends."""
+    with running_bridge(tmp_path) as running:
+        yield running
 
 
 def _sipp_run(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -127,6 +138,27 @@ def test_load_run_prints_the_spec_summary_with_no_errors(bridge: Bridge, tmp_pat
     assert "pipeline_errors_total increase 0" in output, context
     # The callers were heard and answered: each call's sentence was transcribed.
     assert log.count("transcript asr_ms=") >= int(block["calls"]), context
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_bridge_errors_count_even_when_sipp_sees_none(tmp_path: Path) -> None:
+    """A dead LLM: the SIP call itself succeeds, the bridge counts the error, so does the
+    block, and the run fails."""
+    dead_llm = f"http://127.0.0.1:{free_port()}"
+    with running_bridge(tmp_path, LLM_BACKEND="ollama", OLLAMA_URL=dead_llm) as dead:
+        done = _sipp_run(
+            *("--target", f"127.0.0.1:{dead.sip_port}", "--local-ip", "127.0.0.1"),
+            *("--calls", "1", "--concurrency", "1", "--reply-wait", "3"),
+            *("--metrics-url", dead.metrics_url),
+        )
+    context = f"{done.stdout}\n{done.stderr}"
+    assert done.returncode == 1, context
+    assert re.search(r"^Calls failed: 0$", done.stdout, re.MULTILINE), context
+    assert re.search(r"^Calls completed: 1\nErrors: 1$", done.stdout, re.MULTILINE), context
+    assert "pipeline_errors_total increase 1" in done.stdout, context
+    assert "LLM latency   p50=n/a  p95=n/a  p99=n/a" in done.stdout, context
+    assert re.search(r"^ASR latency   p50=\d+ms", done.stdout, re.MULTILINE), context
 
 
 def test_an_unreachable_metrics_url_fails_before_any_call() -> None:
