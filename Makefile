@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check bridge sip media tests bench
 	$(BIN)/ruff format --check bridge sip media tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy tests bench
 
 clean:
 	rm -rf $(VENV) $(WEB)/node_modules $(WEB)/dist .pytest_cache .mypy_cache .ruff_cache

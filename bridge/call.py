@@ -24,6 +24,7 @@ is about `VAD_SILENCE_TIMEOUT_MS` more than the time from end-of-utterance detec
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -347,6 +348,11 @@ class Call:
                 self._vad.threshold_db = (
                     self._settings.barge_in_threshold_db if speaking else self._normal_threshold_db
                 )
+                self._vad.min_speech_ms = (
+                    self._settings.barge_in_min_speech_ms
+                    if speaking
+                    else self._settings.vad_min_speech_ms
+                )
             try:
                 events = self._vad.process(item)
             except Exception:
@@ -452,8 +458,11 @@ class Call:
         splitter = SentenceSplitter()
         start = time.monotonic()
         try:
-            async with self._pools.llm:
-                async for token in self._llm.stream(self._messages()):
+            async with (
+                self._pools.llm,
+                contextlib.aclosing(self._llm.stream(self._messages())) as stream,
+            ):
+                async for token in stream:
                     if not token:
                         continue
                     if turn.llm_first_token_ms is None:

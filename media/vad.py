@@ -101,6 +101,7 @@ class _Segmenter:
         self.sample_rate = sample_rate
         self.frame_samples = frame_samples
         frame_ms = 1000.0 * frame_samples / sample_rate
+        self._frame_ms = frame_ms
         self._min_speech_frames = max(1, math.ceil(min_speech_ms / frame_ms - 1e-9))
         self._silence_frames = max(1, math.ceil(silence_timeout_ms / frame_ms - 1e-9))
         self._pre_frames = max(0, math.ceil(pre_speech_ms / frame_ms - 1e-9))
@@ -110,6 +111,16 @@ class _Segmenter:
         self._frames: list[npt.NDArray[np.int16]] = []
         self._frame_index = 0
         self._clear_utterance()
+
+    @property
+    def min_speech_ms(self) -> float:
+        """Speech needed before an utterance is confirmed; may be changed at any time
+        (e.g. raised while the bot speaks, so echo does not barge in)."""
+        return self._min_speech_frames * self._frame_ms
+
+    @min_speech_ms.setter
+    def min_speech_ms(self, value: float) -> None:
+        self._min_speech_frames = max(1, math.ceil(value / self._frame_ms - 1e-9))
 
     def _clear_utterance(self) -> None:
         self._frames = []

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bridge.config import ConfigError, Settings, load_settings
 
 
-def test_spec_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
+def test_spec_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # no .env
     s = load_settings()
     assert s.gateway_port == 8080
@@ -32,9 +34,9 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.ice_servers == ["stun:a.example:3478", "turn:b.example"]
 
 
-def test_dotenv_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: pytest.TempPathFactory) -> None:
+def test_dotenv_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("OLLAMA_MODEL=qwen2.5:0.5b\n")  # type: ignore[operator]
+    (tmp_path / ".env").write_text("OLLAMA_MODEL=qwen2.5:0.5b\n")
     assert load_settings().ollama_model == "qwen2.5:0.5b"
 
 

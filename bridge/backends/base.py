@@ -6,7 +6,7 @@ pipeline and the tests only ever see these names.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypedDict
 
@@ -77,7 +77,7 @@ class LLM(Protocol):
 
     name: str
 
-    def stream(self, messages: Sequence[Message]) -> AsyncIterator[str]:
+    def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield reply tokens for the conversation; raise `BackendError` on failure."""
         ...
 

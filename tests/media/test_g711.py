@@ -46,7 +46,7 @@ def test_decode_types_and_empty_input() -> None:
 
 def test_encode_rejects_non_int16() -> None:
     with pytest.raises(TypeError):
-        ulaw_encode(np.zeros(160, np.float32))  # type: ignore[arg-type]
+        ulaw_encode(np.zeros(160, np.float32))
 
 
 @given(st.binary(max_size=400))

@@ -74,6 +74,17 @@ def test_burst_just_over_min_speech_is_an_utterance() -> None:
     assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded]
 
 
+def test_min_speech_can_be_changed_at_run_time() -> None:
+    """Barge-in asks for more speech while the bot talks; the change applies at once."""
+    vad = EnergyVAD()
+    vad.min_speech_ms = 400
+    assert vad.min_speech_ms == 400
+    assert _feed(vad, with_silence(_burst(300), RATE)) == []
+    vad.min_speech_ms = 100
+    events = [e for _, e in _feed(vad, with_silence(_burst(140), RATE))]
+    assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded]
+
+
 def test_pause_shorter_than_timeout_keeps_one_utterance() -> None:
     gap = np.zeros(RATE * 200 // 1000, np.int16)
     pcm = with_silence(np.concatenate([_burst(300), gap, _burst(300)]), RATE)
