@@ -83,3 +83,32 @@ class ModelRunner:
     def close(self) -> None:
         """Drop queued work and let the running job finish in the background."""
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class EmbeddedModel:
+    """`warmup` / `ready` / `aclose` for an in-process model loaded once on its worker."""
+
+    _runner: ModelRunner
+
+    def _loaded(self) -> bool:
+        raise NotImplementedError
+
+    def _load(self) -> object:
+        raise NotImplementedError
+
+    async def warmup(self) -> None:
+        """Load the model (once)."""
+        if not self._loaded():
+            await self._runner.run(self._load)
+
+    async def ready(self) -> bool:
+        """True when the model is loaded or loads now."""
+        try:
+            await self.warmup()
+        except BackendError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Stop the worker thread."""
+        self._runner.close()

