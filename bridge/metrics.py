@@ -43,8 +43,14 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     3.0,
     4.0,
     5.0,
+    7.5,
+    10.0,
+    20.0,
+    30.0,
 )
-"""Histogram buckets for voice latencies: 10 ms to 5 s, dense around the 100–800 ms budget."""
+"""Histogram buckets for voice latencies: dense from 10 ms to 5 s around the 100–800 ms
+budget, then a few coarse ones to 30 s so an overloaded bridge still shows how late its
+replies are instead of every percentile pinned at the 5 s bucket."""
 
 
 STAGES = ("asr", "llm", "tts")
