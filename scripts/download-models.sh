@@ -10,24 +10,8 @@
 #   MODELS_DIR ~/.cache/voicebridge/models   HF_BASE https://huggingface.co   OLLAMA_BIN ollama
 set -euo pipefail
 
-repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-env_file_value() {
-    local key=$1 file="$repo_dir/.env" line value
-    [[ -f $file ]] || return 0
-    line=$(grep -E "^${key}=" "$file" | tail -n 1) || return 0
-    value=${line#*=}
-    value=${value%\"}
-    value=${value#\"}
-    printf '%s' "$value"
-}
-
-setting() {
-    local key=$1 default=$2 value
-    value=${!key:-}
-    [[ -n $value ]] || value=$(env_file_value "$key")
-    printf '%s' "${value:-$default}"
-}
+# shellcheck source=scripts/host-settings.sh
+source "$(dirname "${BASH_SOURCE[0]}")/host-settings.sh"
 
 WHISPER_MODEL=$(setting WHISPER_MODEL ggml-large-v3-turbo.bin)
 OLLAMA_MODEL=$(setting OLLAMA_MODEL llama3.2:3b)

@@ -13,27 +13,8 @@
 #   RUN_DIR ~/.cache/voicebridge/run (pid and log files)  STARTUP_TIMEOUT_S 60
 set -euo pipefail
 
-repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-
-# Read KEY from .env without executing it; strips one pair of surrounding quotes.
-env_file_value() {
-    local key=$1 file="$repo_dir/.env" line value
-    [[ -f $file ]] || return 0
-    line=$(grep -E "^${key}=" "$file" | tail -n 1) || return 0
-    value=${line#*=}
-    value=${value%\"}
-    value=${value#\"}
-    value=${value%\'}
-    value=${value#\'}
-    printf '%s' "$value"
-}
-
-setting() {
-    local key=$1 default=$2 value
-    value=${!key:-}
-    [[ -n $value ]] || value=$(env_file_value "$key")
-    printf '%s' "${value:-$default}"
-}
+# shellcheck source=scripts/host-settings.sh
+source "$(dirname "${BASH_SOURCE[0]}")/host-settings.sh"
 
 WHISPER_MODEL=$(setting WHISPER_MODEL ggml-large-v3-turbo.bin)
 OLLAMA_MODEL=$(setting OLLAMA_MODEL llama3.2:3b)

@@ -64,7 +64,10 @@ DOUBLE = textwrap.dedent(
 def test_shellcheck_is_clean(script: Path) -> None:
     assert shutil.which("shellcheck"), "Debian's shellcheck is not installed"
     done = subprocess.run(
-        ["shellcheck", "--severity=style", str(script)], capture_output=True, text=True, timeout=60
+        ["shellcheck", "--external-sources", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
