@@ -19,6 +19,14 @@ caller's last speech frame — the wall time at which the door called `feed()` w
 samples the VAD marks as the end of speech, looked up from a per-frame arrival clock — to
 the moment the first sentence of bot audio is handed to the sink. With real-time input this
 is about `VAD_SILENCE_TIMEOUT_MS` more than the time from end-of-utterance detection.
+
+Speculative ASR (`ASR_SPECULATIVE_SILENCE_MS`, 0 = off): when a confirmed utterance has had
+that much trailing silence the VAD emits `SpeechPaused` and, only if an ASR pool slot is free
+at that moment, the call transcribes the utterance so far. If the caller stays quiet until
+`UtteranceEnded` and the final audio matches what was transcribed (same samples through the
+last speech frame), the turn uses that transcript, or awaits it while it is still running,
+instead of transcribing again; otherwise the speculation is cancelled and discarded. `asr_ms`
+still runs from the start of the turn (end of utterance) to the transcript being available.
 """
 
 from __future__ import annotations
@@ -35,12 +43,20 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from bridge.backends.base import ASR, LLM, TTS, Audio, BackendError, Message
+from bridge.backends.base import ASR, LLM, TTS, Audio, BackendError, Message, Transcript
 from bridge.config import Settings
 from bridge.contract import CALLER_RATE, CallOptions, CallSink, Event
 from bridge.metrics import Metrics
 from bridge.sentences import SentenceSplitter
-from media.vad import VAD, EnergyVAD, SileroVAD, SpeechStarted, UtteranceEnded, rms_dbfs
+from media.vad import (
+    VAD,
+    EnergyVAD,
+    SileroVAD,
+    SpeechPaused,
+    SpeechStarted,
+    UtteranceEnded,
+    rms_dbfs,
+)
 
 __all__ = ["BackendSet", "Call", "Pools", "backend_concurrency", "make_vad"]
 
@@ -119,6 +135,7 @@ def make_vad(settings: Settings) -> VAD:
             min_speech_ms=settings.vad_min_speech_ms,
             silence_timeout_ms=settings.vad_silence_timeout_ms,
             pre_speech_ms=settings.vad_pre_speech_ms,
+            pause_ms=settings.asr_speculative_silence_ms,
         )
     return EnergyVAD(
         CALLER_RATE,
@@ -126,6 +143,7 @@ def make_vad(settings: Settings) -> VAD:
         min_speech_ms=settings.vad_min_speech_ms,
         silence_timeout_ms=settings.vad_silence_timeout_ms,
         pre_speech_ms=settings.vad_pre_speech_ms,
+        pause_ms=settings.asr_speculative_silence_ms,
     )
 
 
@@ -134,10 +152,35 @@ class _CallLog(logging.LoggerAdapter[logging.Logger]):
         return f"call={self.extra['call_id'] if self.extra else '?'} {msg}", kwargs
 
 
+_SpeculativeResult = Transcript | Exception | None
+"""A speculative transcription's outcome; None when it found the ASR pool busy."""
+
+
+@dataclass
+class _Speculation:
+    """A transcription started on a pause, and the audio it was started on."""
+
+    pcm: npt.NDArray[np.int16]
+    audio_start_s: float
+    speech_end_s: float
+    task: asyncio.Task[_SpeculativeResult]
+
+    def matches(self, event: UtteranceEnded) -> bool:
+        """True when `event` is this utterance with the same samples through its last
+        speech frame (only the trailing silence may differ)."""
+        if event.audio_start_s != self.audio_start_s or event.speech_end_s != self.speech_end_s:
+            return False
+        n = round((event.speech_end_s - event.audio_start_s) * CALLER_RATE)
+        if self.pcm.size < n or event.pcm.size < n:
+            return False
+        return bool(np.array_equal(self.pcm[:n], event.pcm[:n]))
+
+
 @dataclass
 class _Utterance:
     pcm: npt.NDArray[np.int16]
     last_frame_arrival: float  # monotonic time the last speech frame reached feed()
+    speculation: asyncio.Task[_SpeculativeResult] | None = None
 
 
 @dataclass
@@ -216,6 +259,13 @@ class Call:
         self._closed = False
         self._started = False
         self.dropped_frames = 0
+        self._speculation: _Speculation | None = None
+        self.speculation_hits = 0
+        """Turns whose transcript came from a speculative transcription."""
+        self.speculation_misses = 0
+        """Speculative transcriptions discarded because the caller spoke again."""
+        self.speculation_skipped = 0
+        """Pauses with no speculation because the ASR pool had no free slot."""
         self.speech_started_at_s: float | None = None
         """Stream position (seconds of caller audio processed) of the last VAD speech start."""
 
@@ -264,7 +314,14 @@ class Call:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self.log.info("call ended reason=%s dropped_frames=%d", reason, self.dropped_frames)
+        self.log.info(
+            "call ended reason=%s dropped_frames=%d speculation hits=%d misses=%d skipped=%d",
+            reason,
+            self.dropped_frames,
+            self.speculation_hits,
+            self.speculation_misses,
+            self.speculation_skipped,
+        )
         if self._on_closed is not None:
             self._on_closed(self)
 
@@ -361,6 +418,8 @@ class Call:
             for event in events:
                 if isinstance(event, SpeechStarted):
                     self._on_speech_started()
+                elif isinstance(event, SpeechPaused):
+                    self._on_speech_paused(event)
                 elif isinstance(event, UtteranceEnded):
                     self._on_utterance(event)
 
@@ -392,12 +451,70 @@ class Call:
     def _on_utterance(self, event: UtteranceEnded) -> None:
         self._metrics.speech_segments.inc()
         utterance = _Utterance(event.pcm, self._arrival_of(event.speech_end_s))
+        speculation, self._speculation = self._speculation, None
+        if speculation is not None:
+            if speculation.matches(event):
+                utterance.speculation = speculation.task
+            else:
+                self._discard(speculation, "the final utterance differs")
         try:
             self._utterances.put_nowait(utterance)
         except asyncio.QueueFull:
-            self._utterances.get_nowait()
+            dropped = self._utterances.get_nowait()
+            if dropped.speculation is not None:
+                dropped.speculation.cancel()
             self._utterances.put_nowait(utterance)
             self.log.warning("utterance queue full: oldest utterance dropped")
+
+    # --- speculative ASR on a pause ------------------------------------------------------
+
+    def _on_speech_paused(self, event: SpeechPaused) -> None:
+        """Start transcribing the utterance so far, if an ASR slot is free right now."""
+        previous, self._speculation = self._speculation, None
+        if previous is not None:
+            self._discard(previous, "the caller spoke again")
+        elif self._pools.asr.locked():
+            self._skip_speculation(event.time_s)
+            return
+        task = self._spawn(self._speculate(event.pcm, previous), "speculative-asr")
+        self._speculation = _Speculation(event.pcm, event.audio_start_s, event.speech_end_s, task)
+        self.log.debug(
+            "speculative asr started at %.2fs on %.2fs of audio",
+            event.time_s,
+            event.pcm.size / CALLER_RATE,
+        )
+
+    def _skip_speculation(self, time_s: float) -> None:
+        self.speculation_skipped += 1
+        self._metrics.asr_speculation.labels(outcome="skipped").inc()
+        self.log.debug("speculative asr skipped at %.2fs: asr pool busy", time_s)
+
+    def _discard(self, speculation: _Speculation, why: str) -> None:
+        speculation.task.cancel()
+        self.speculation_misses += 1
+        self._metrics.asr_speculation.labels(outcome="miss").inc()
+        self.log.debug("speculative asr discarded: %s", why)
+
+    async def _speculate(
+        self, pcm: npt.NDArray[np.int16], previous: _Speculation | None
+    ) -> _SpeculativeResult:
+        """Transcribe `pcm` in a slot that is free now; never wait behind other requests.
+
+        The outcome (transcript or error) is returned, not raised: it becomes the turn's
+        ASR outcome only if the utterance ends as it was when this started.
+        """
+        if previous is not None:
+            # let the cancelled predecessor give its slot back before looking for one
+            await asyncio.gather(previous.task, return_exceptions=True)
+        pool = self._pools.asr
+        if pool.locked():
+            self._skip_speculation(self.stream_time_s)
+            return None
+        try:
+            async with pool:  # free: acquired without waiting
+                return await self._asr.transcribe(pcm)
+        except Exception as exc:
+            return exc
 
     # --- turns: ASR → transcript → reply → metrics ---------------------------------------
 
@@ -409,12 +526,25 @@ class Call:
             except Exception as exc:
                 await self._stage_error("pipeline", exc)
 
+    async def _transcript(self, utterance: _Utterance) -> Transcript:
+        """The utterance's transcript: the speculative one when there is one, else a new one."""
+        if utterance.speculation is not None and not utterance.speculation.cancelled():
+            outcome = await utterance.speculation
+            if outcome is not None:
+                self.speculation_hits += 1
+                self._metrics.asr_speculation.labels(outcome="hit").inc()
+                self.log.debug("speculative asr used")
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return outcome
+        async with self._pools.asr:
+            return await self._asr.transcribe(utterance.pcm)
+
     async def _turn(self, utterance: _Utterance) -> None:
         turn = _Turn(utterance.last_frame_arrival)
         start = time.monotonic()
         try:
-            async with self._pools.asr:
-                transcript = await self._asr.transcribe(utterance.pcm)
+            transcript = await self._transcript(utterance)
         except Exception as exc:
             await self._stage_error("asr", exc)
             return

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     barge_in: bool = True
     barge_in_threshold_db: float = Field(-24.0, le=0.0)
     barge_in_min_speech_ms: int = Field(250, ge=20)
+    asr_speculative_silence_ms: int = Field(120, ge=0)  # 0 = no speculative ASR
 
     # SIP and RTP (voicebridge)
     sip_enabled: bool = True
@@ -124,6 +125,14 @@ class Settings(BaseSettings):
     def _check_rtp_range(self) -> Settings:
         if self.rtp_port_min > self.rtp_port_max:
             raise ValueError("RTP_PORT_MIN must not exceed RTP_PORT_MAX")
+        return self
+
+    @model_validator(mode="after")
+    def _check_speculative_silence(self) -> Settings:
+        if self.asr_speculative_silence_ms >= self.vad_silence_timeout_ms:
+            raise ValueError(
+                "ASR_SPECULATIVE_SILENCE_MS must be less than VAD_SILENCE_TIMEOUT_MS (0 = off)"
+            )
         return self
 
 

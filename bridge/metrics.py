@@ -105,6 +105,14 @@ class Metrics:
         self.barge_ins = Counter(
             "pipeline_barge_ins_total", "Bot replies interrupted by caller speech.", registry=r
         )
+        self.asr_speculation = Counter(
+            "pipeline_asr_speculation_total",
+            "Speculative ASR runs: hit (used), miss (caller went on), skipped (pool busy).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("hit", "miss", "skipped"):
+            self.asr_speculation.labels(outcome=outcome)
         self.calls_rejected = Counter(
             "pipeline_calls_rejected_total",
             "Calls refused at a door (over MAX_CONCURRENT_CALLS or shutting down).",

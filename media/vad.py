@@ -8,6 +8,10 @@ moment carrying the onset time. The utterance ends after `silence_timeout_ms`
 of trailing silence with `UtteranceEnded`, whose PCM starts `pre_speech_ms`
 before the onset and runs `pre_speech_ms` past the last speech frame.
 
+With `pause_ms` > 0 (and below `silence_timeout_ms`), a confirmed utterance whose
+trailing silence reaches `pause_ms` also emits `SpeechPaused` once per pause,
+carrying the utterance so far, so a caller can start recognition early.
+
 All times are stream times in seconds: samples fed since construction or
 `reset()`, divided by the sample rate.
 """
@@ -27,6 +31,7 @@ __all__ = [
     "VAD",
     "EnergyVAD",
     "SileroVAD",
+    "SpeechPaused",
     "SpeechStarted",
     "UtteranceEnded",
     "VadEvent",
@@ -58,7 +63,24 @@ class UtteranceEnded:
     audio_start_s: float = 0.0
 
 
-VadEvent = SpeechStarted | UtteranceEnded
+@dataclass(frozen=True, slots=True, eq=False)
+class SpeechPaused:
+    """A confirmed utterance has had `pause_ms` of trailing silence (it may still go on).
+
+    `time_s` is the stream time the pause was detected; `pcm` is the utterance so far,
+    cut as `UtteranceEnded` would cut it now: from `audio_start_s`, through the last
+    speech frame (ending at `speech_end_s`), plus up to `pre_speech_ms` of the silence
+    after it. If the caller stays quiet, the `UtteranceEnded` that follows has the same
+    `audio_start_s`, `speech_end_s` and samples up to `speech_end_s`.
+    """
+
+    time_s: float
+    pcm: npt.NDArray[np.int16]
+    speech_end_s: float
+    audio_start_s: float
+
+
+VadEvent = SpeechStarted | SpeechPaused | UtteranceEnded
 
 
 class VAD(Protocol):
@@ -95,6 +117,7 @@ class _Segmenter:
         silence_timeout_ms: int,
         pre_speech_ms: int,
         max_utterance_ms: int,
+        pause_ms: int = 0,
     ) -> None:
         if sample_rate <= 0 or frame_samples <= 0:
             raise ValueError("sample_rate and frame size must be positive")
@@ -106,6 +129,8 @@ class _Segmenter:
         self._silence_frames = max(1, math.ceil(silence_timeout_ms / frame_ms - 1e-9))
         self._pre_frames = max(0, math.ceil(pre_speech_ms / frame_ms - 1e-9))
         self._max_frames = max(1, math.ceil(max_utterance_ms / frame_ms))
+        pause_frames = max(0, math.ceil(pause_ms / frame_ms - 1e-9))
+        self._pause_frames = pause_frames if pause_frames < self._silence_frames else 0
         self._pre: deque[npt.NDArray[np.int16]] = deque(maxlen=max(1, self._pre_frames))
         self._pending = np.zeros(0, np.int16)
         self._frames: list[npt.NDArray[np.int16]] = []
@@ -192,13 +217,27 @@ class _Segmenter:
             self._finish(events)
         elif self._confirmed and len(self._frames) >= self._max_frames:
             self._finish(events)
+        elif self._confirmed and self._pause_frames and self._silence_run == self._pause_frames:
+            events.append(self._paused())
+
+    def _kept_frames(self) -> list[npt.NDArray[np.int16]]:
+        """The utterance's frames through the last speech frame plus the trailing pre-roll."""
+        keep_until = min(self._last_speech + 1 + self._pre_frames, self._frame_index)
+        return self._frames[: keep_until - self._audio_start]
+
+    def _paused(self) -> SpeechPaused:
+        return SpeechPaused(
+            time_s=self._time(self._frame_index),
+            pcm=np.concatenate(self._kept_frames()),
+            speech_end_s=self._time(self._last_speech + 1),
+            audio_start_s=self._time(self._audio_start),
+        )
 
     def _finish(self, events: list[VadEvent]) -> None:
         """Close the utterance (or drop a transient) and go back to idle."""
         end_frame = self._last_speech + 1  # exclusive
-        keep_until = min(end_frame + self._pre_frames, self._frame_index)
         if self._confirmed:
-            frames = self._frames[: keep_until - self._audio_start]
+            frames = self._kept_frames()
             events.append(
                 UtteranceEnded(
                     pcm=np.concatenate(frames),
@@ -227,6 +266,7 @@ class EnergyVAD(_Segmenter):
         pre_speech_ms: int = 200,
         frame_ms: int = 20,
         max_utterance_ms: int = 30000,
+        pause_ms: int = 0,
     ) -> None:
         self.threshold_db = threshold_db
         frame_samples = sample_rate * frame_ms // 1000
@@ -237,6 +277,7 @@ class EnergyVAD(_Segmenter):
             silence_timeout_ms,
             pre_speech_ms,
             max_utterance_ms,
+            pause_ms,
         )
         self._n = frame_samples
 
@@ -278,6 +319,7 @@ class SileroVAD(_Segmenter):
         pre_speech_ms: int = 200,
         max_utterance_ms: int = 30000,
         model_path: str | None = None,
+        pause_ms: int = 0,
     ) -> None:
         if sample_rate != 16000:
             raise ValueError(f"SileroVAD needs 16000 Hz audio, got {sample_rate}")
@@ -302,6 +344,7 @@ class SileroVAD(_Segmenter):
             silence_timeout_ms,
             pre_speech_ms,
             max_utterance_ms,
+            pause_ms,
         )
 
     def _reset_model(self) -> None:

@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.vad import EnergyVAD, SileroVAD, SpeechStarted, UtteranceEnded, VadEvent, rms_dbfs
+from media.vad import (
+    EnergyVAD,
+    SileroVAD,
+    SpeechPaused,
+    SpeechStarted,
+    UtteranceEnded,
+    VadEvent,
+    rms_dbfs,
+)
 from tests.support import espeak_pcm, with_silence
 
 RATE = 16000
@@ -182,3 +190,81 @@ def test_silero_ignores_a_click_and_a_tone(silero: SileroVAD) -> None:
 def test_silero_rejects_other_rates() -> None:
     with pytest.raises(ValueError):
         SileroVAD(sample_rate=8000)
+
+
+# --- SpeechPaused (speculative ASR) ----------------------------------------------------
+
+
+def _gap(ms: int) -> np.ndarray:
+    return np.zeros(RATE * ms // 1000, np.int16)
+
+
+def test_pause_event_is_off_by_default() -> None:
+    pcm = with_silence(np.concatenate([_burst(300), _gap(200), _burst(300)]), RATE)
+    assert not any(isinstance(e, SpeechPaused) for _, e in _feed(EnergyVAD(), pcm))
+
+
+def test_pause_event_carries_the_utterance_so_far() -> None:
+    pcm = with_silence(_burst(400), RATE)  # speech from 1.0 s to 1.4 s
+    events = _feed(EnergyVAD(pause_ms=120), pcm)
+    assert [type(e) for _, e in events] == [SpeechStarted, SpeechPaused, UtteranceEnded]
+    (_, _), (paused_at, paused), (_, ended) = events
+    assert isinstance(paused, SpeechPaused) and isinstance(ended, UtteranceEnded)
+    assert paused.speech_end_s == pytest.approx(1.4)
+    assert paused.time_s == pytest.approx(1.4 + 0.12) == paused_at
+    assert paused.audio_start_s == ended.audio_start_s
+    assert paused.speech_end_s == ended.speech_end_s
+    # the same samples as the final utterance: through the last speech frame and the
+    # 120 ms of silence seen so far (the final one has 200 ms of trailing pre-roll)
+    assert len(paused.pcm) == round((1.4 + 0.12 - paused.audio_start_s) * RATE)
+    np.testing.assert_array_equal(paused.pcm, ended.pcm[: len(paused.pcm)])
+
+
+def test_pause_event_once_per_pause_and_only_for_confirmed_speech() -> None:
+    pcm = with_silence(
+        np.concatenate([_burst(100), _gap(400), _burst(300), _gap(200), _burst(300), _gap(150)]),
+        RATE,
+    )
+    events = [e for _, e in _feed(EnergyVAD(pause_ms=120), pcm)]
+    # the 100 ms transient is never confirmed: no pause for it; then two pauses, one utterance
+    assert [type(e) for e in events] == [
+        SpeechStarted,
+        SpeechPaused,
+        SpeechPaused,
+        UtteranceEnded,
+    ]
+    first, second, ended = events[1], events[2], events[3]
+    assert isinstance(first, SpeechPaused) and isinstance(second, SpeechPaused)
+    assert isinstance(ended, UtteranceEnded)
+    assert first.speech_end_s < second.speech_end_s == ended.speech_end_s
+    # only the last pause saw the utterance's final speech frame
+    assert len(first.pcm) < len(second.pcm) <= len(ended.pcm)
+
+
+@pytest.mark.parametrize("pause_ms", [300, 500])
+def test_pause_not_shorter_than_the_timeout_gives_no_pause_event(pause_ms: int) -> None:
+    pcm = with_silence(_burst(400), RATE)
+    events = [e for _, e in _feed(EnergyVAD(pause_ms=pause_ms), pcm)]
+    assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded]
+
+
+def test_pause_events_do_not_change_the_other_events(sentence: np.ndarray) -> None:
+    plain = [e for _, e in _feed(EnergyVAD(), sentence)]
+    paused = [e for _, e in _feed(EnergyVAD(pause_ms=100), sentence)]
+    others = [e for e in paused if not isinstance(e, SpeechPaused)]
+    assert [type(e) for e in others] == [type(e) for e in plain]
+    a, b = plain[-1], others[-1]
+    assert isinstance(a, UtteranceEnded) and isinstance(b, UtteranceEnded)
+    np.testing.assert_array_equal(a.pcm, b.pcm)
+    assert (a.speech_start_s, a.speech_end_s) == (b.speech_start_s, b.speech_end_s)
+
+
+def test_silero_emits_pause_events(sentence: np.ndarray) -> None:
+    vad = SileroVAD(pause_ms=120)
+    events = [e for _, e in _feed(vad, sentence)]
+    pauses = [e for e in events if isinstance(e, SpeechPaused)]
+    ended = [e for e in events if isinstance(e, UtteranceEnded)]
+    assert pauses and ended
+    last = pauses[-1]
+    assert last.speech_end_s == ended[-1].speech_end_s
+    np.testing.assert_array_equal(last.pcm, ended[-1].pcm[: len(last.pcm)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,19 +29,39 @@ def silence(seconds: float) -> npt.NDArray[np.int16]:
 
 
 class FakeASR:
-    """Returns scripted transcripts; raises the queued errors first."""
+    """Returns scripted transcripts; raises the queued errors first.
+
+    With a `clock` (e.g. the call's stream time), each request takes `delay_s` of that
+    clock instead of wall time, so tests can assert on stream positions.
+    """
 
     name = "fake-asr"
 
-    def __init__(self, texts: Sequence[str] = ("hello there",), delay_s: float = 0.01) -> None:
+    def __init__(
+        self,
+        texts: Sequence[str] = ("hello there",),
+        delay_s: float = 0.01,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.texts = list(texts)
         self.delay_s = delay_s
+        self.clock = clock
         self.calls = 0
+        self.pcms: list[npt.NDArray[np.int16]] = []
         self.errors: list[BaseException] = []
 
     async def transcribe(self, pcm16k: npt.NDArray[np.int16]) -> Transcript:
         self.calls += 1
-        await asyncio.sleep(self.delay_s)
+        self.pcms.append(pcm16k)
+        if self.clock is None:
+            await asyncio.sleep(self.delay_s)
+        else:
+            until = self.clock() + self.delay_s - 1e-9
+            deadline = time.monotonic() + 10.0
+            while self.clock() < until:
+                if time.monotonic() > deadline:
+                    raise AssertionError("the clock of FakeASR stopped: feed more audio")
+                await asyncio.sleep(0.001)
         if self.errors:
             raise self.errors.pop(0)
         return Transcript(self.texts[(self.calls - 1) % len(self.texts)])
@@ -147,6 +167,7 @@ class RecordingSink:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.event_pos: list[float] = []
         self.audio: list[Audio] = []
         self.log: list[tuple[str, Any]] = []
         self.clears: list[float] = []
@@ -159,6 +180,7 @@ class RecordingSink:
 
     async def send_event(self, event: Event) -> None:
         self.events.append(event)
+        self.event_pos.append(self._pos())
         self.log.append(("event", event))
         self.changed.set()
 

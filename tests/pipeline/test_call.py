@@ -33,7 +33,10 @@ def settings(**overrides: Any) -> Settings:
 
 
 def open_call(
-    backends: FakeBackends, mode: str = "conversation", **overrides: Any
+    backends: FakeBackends,
+    mode: str = "conversation",
+    pools: Pools | None = None,
+    **overrides: Any,
 ) -> tuple[Call, RecordingSink, Metrics]:
     s = settings(**overrides)
     metrics = Metrics()
@@ -44,7 +47,7 @@ def open_call(
         s,
         backends,
         metrics,
-        Pools.from_settings(s, backends),
+        pools if pools is not None else Pools.from_settings(s, backends),
     )
     sink.call = call
     call.start()
@@ -374,5 +377,203 @@ async def test_silero_vad_engine_finds_the_utterance() -> None:
     finally:
         await call.close()
     assert sink.types() == ["transcript", "metrics"]
-    assert backends.asr.calls == 1
+    # one final transcription, plus one discarded speculation per mid-sentence pause
+    assert backends.asr.calls == 1 + call.speculation_misses
     assert sample(metrics, "vad_speech_segments_total") == 1
+
+
+# --- speculative ASR (ASR_SPECULATIVE_SILENCE_MS) ---------------------------------------
+# The fake ASR takes ASR_STREAM_S of *stream* time, and `feed_clocked` waits for the reader
+# to process each frame, so every position below is exact to a frame or two.
+
+ASR_STREAM_S = 0.1
+SPEECH_END_S = 0.9  # utterance(): 0.3 s silence, 0.6 s tone
+
+
+async def feed_clocked(call: Call, pcm: npt.NDArray[np.int16]) -> None:
+    """Feed 20 ms frames, each only after the reader has processed the one before."""
+    for i in range(0, pcm.size, FRAME):
+        call.feed(pcm[i : i + FRAME])
+        target = call.stream_time_s + pcm[i : i + FRAME].size / 16000 - 1e-9
+        for _ in range(10_000):
+            if call.stream_time_s >= target:
+                break
+            await asyncio.sleep(0)
+        else:
+            raise AssertionError("the call's reader stopped processing frames")
+        await asyncio.sleep(0.002)  # let waiting tasks (the fake ASR's clock) see the frame
+
+
+def clocked_backends() -> FakeBackends:
+    backends = FakeBackends()
+    backends.asr.delay_s = ASR_STREAM_S
+    return backends
+
+
+async def transcript_position(speculative_ms: int) -> tuple[float, Call, FakeBackends]:
+    backends = clocked_backends()
+    call, sink, _ = open_call(
+        backends, mode="transcribe_only", asr_speculative_silence_ms=speculative_ms
+    )
+    backends.asr.clock = lambda: call.stream_time_s
+    try:
+        await feed_clocked(call, np.concatenate([utterance(), silence(0.5)]))
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    assert sink.types() == ["transcript", "metrics"]
+    return sink.event_pos[0], call, backends
+
+
+async def test_speculation_hit_transcribes_once_and_earlier_in_stream_time() -> None:
+    off_at, off_call, off = await transcript_position(0)
+    on_at, on_call, on = await transcript_position(120)
+
+    # off: end of utterance (speech end + 300 ms), then a 100 ms transcription
+    assert off_at == pytest.approx(SPEECH_END_S + 0.3 + ASR_STREAM_S, abs=0.045)
+    assert off.asr.calls == 1
+    assert (off_call.speculation_hits, off_call.speculation_misses) == (0, 0)
+    # on: transcription started 120 ms into the silence and finished before its end
+    assert on_at == pytest.approx(SPEECH_END_S + 0.3, abs=0.045)
+    assert on_at < off_at - 0.05
+    assert on.asr.calls == 1
+    assert (on_call.speculation_hits, on_call.speculation_misses) == (1, 0)
+    # the speculative audio is the final utterance's, cut 120 ms after the speech
+    assert on.asr.pcms[0].size == round((SPEECH_END_S + 0.12 - 0.1) * 16000)
+    np.testing.assert_array_equal(on.asr.pcms[0], off.asr.pcms[0][: on.asr.pcms[0].size])
+
+
+async def test_speculation_still_running_at_end_of_utterance_is_awaited() -> None:
+    backends = clocked_backends()
+    backends.asr.delay_s = 0.4  # finishes 0.22 s after the utterance ends
+    call, sink, metrics = open_call(backends, mode="transcribe_only")
+    backends.asr.clock = lambda: call.stream_time_s
+    try:
+        await feed_clocked(call, np.concatenate([utterance(), silence(0.5)]))
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    assert sink.types() == ["transcript", "metrics"]
+    assert backends.asr.calls == 1 and call.speculation_hits == 1
+    assert metrics.asr_speculation.labels(outcome="hit")._value.get() == 1
+    assert metrics.asr_speculation.labels(outcome="miss")._value.get() == 0
+    assert sink.event_pos[0] == pytest.approx(SPEECH_END_S + 0.12 + 0.4, abs=0.045)
+
+
+async def test_caller_resuming_discards_the_speculation() -> None:
+    backends = clocked_backends()
+    backends.asr.texts = ["first half", "the whole utterance"]
+    call, sink, metrics = open_call(backends)
+    backends.asr.clock = lambda: call.stream_time_s
+    first, gap, second = tone(0.5), silence(0.2), tone(0.5, freq=660.0)
+    pcm = np.concatenate([silence(0.3), first, gap, second, silence(0.8)])
+    try:
+        await feed_clocked(call, pcm)
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    transcripts = [e["text"] for e in sink.events if e["type"] == "transcript"]
+    assert transcripts == ["the whole utterance"]
+    assert backends.asr.calls == 2
+    assert (call.speculation_hits, call.speculation_misses) == (1, 1)
+    assert sample(metrics, "vad_speech_segments_total") == 1
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="asr") == 1
+    # the discarded request saw only the first half; the used one holds both halves
+    assert backends.asr.pcms[0].size < (0.2 + 0.5 + 0.2) * 16000
+    whole = backends.asr.pcms[1]
+    start = 0.1  # 200 ms of pre-roll before the onset at 0.3 s
+    n = round((0.5 + 0.2 + 0.5) * 16000)
+    np.testing.assert_array_equal(
+        whole[round(0.2 * 16000) : round(0.2 * 16000) + n], pcm[round(0.3 * 16000) :][:n]
+    )
+    assert whole.size >= round((0.3 + 1.2 - start) * 16000)
+    # the LLM was asked once, with the final transcript
+    assert len(backends.llm.calls) == 1
+    assert backends.llm.calls[0][-1]["content"] == "the whole utterance"
+
+
+async def test_error_of_a_discarded_speculation_is_not_reported() -> None:
+    backends = clocked_backends()
+    backends.asr.errors.append(backend_error("asr", "timeout"))
+    call, sink, metrics = open_call(backends, mode="transcribe_only")
+    backends.asr.clock = lambda: call.stream_time_s
+    pcm = np.concatenate([silence(0.3), tone(0.5), silence(0.2), tone(0.5), silence(0.8)])
+    try:
+        await feed_clocked(call, pcm)
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    assert sink.types() == ["transcript", "metrics"]
+    assert sample(metrics, "pipeline_errors_total", stage="asr", error_type="timeout") == 0
+
+
+async def test_busy_asr_pool_means_no_speculative_request() -> None:
+    backends = clocked_backends()
+    s = settings(asr_pool_size=1)
+    pools = Pools.from_settings(s, backends)
+    call, sink, _ = open_call(backends, mode="transcribe_only", pools=pools, asr_pool_size=1)
+    backends.asr.clock = lambda: call.stream_time_s
+    await pools.asr.acquire()  # another call's transcription holds the only slot
+    try:
+        await feed_clocked(call, np.concatenate([utterance(), silence(0.2)]))
+        assert backends.asr.calls == 0
+        assert call.speculation_skipped == 1
+        pools.asr.release()
+        await feed_clocked(call, silence(0.3))
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    assert sink.types() == ["transcript", "metrics"]
+    assert backends.asr.calls == 1
+    assert (call.speculation_hits, call.speculation_misses) == (0, 0)
+
+
+async def test_speculation_off_behaves_as_before() -> None:
+    """ASR_SPECULATIVE_SILENCE_MS=0: the VAD never pauses, one request after the utterance."""
+    from bridge.call import make_vad
+    from media.vad import SpeechPaused
+
+    vad = make_vad(settings(asr_speculative_silence_ms=0))
+    events = vad.process(np.concatenate([utterance(), silence(0.5)]))
+    assert not any(isinstance(e, SpeechPaused) for e in events)
+
+    backends = FakeBackends()
+    call, sink, _ = open_call(backends, asr_speculative_silence_ms=0)
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("metrics")
+        await feed(call, utterance())
+        await sink.wait_for("metrics", 2)
+    finally:
+        await call.close()
+    turn = ["transcript"] + ["llm_token"] * len(backends.llm.reply.split(" ")) + ["llm_done"]
+    assert [t for t in sink.types() if t != "tts_ready"] == [*turn, "metrics"] * 2
+    assert backends.asr.calls == 2
+    assert (call.speculation_hits, call.speculation_misses, call.speculation_skipped) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(("speculative", "timeout"), [(300, 300), (400, 300), (20, 20)])
+def test_speculative_silence_must_be_below_the_vad_timeout(speculative: int, timeout: int) -> None:
+    from bridge.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            _env_file=None,
+            asr_speculative_silence_ms=speculative,
+            vad_silence_timeout_ms=timeout,
+        )
+    assert "\n" not in str(info.value)
+    assert "ASR_SPECULATIVE_SILENCE_MS must be less than VAD_SILENCE_TIMEOUT_MS" in str(info.value)
+
+
+def test_speculative_silence_default_and_off() -> None:
+    from bridge.config import load_settings
+
+    assert settings().asr_speculative_silence_ms == 120
+    assert (
+        load_settings(_env_file=None, asr_speculative_silence_ms=0).asr_speculative_silence_ms == 0
+    )
+    assert (
+        load_settings(_env_file=None, asr_speculative_silence_ms=299).asr_speculative_silence_ms
+        == 299
+    )
