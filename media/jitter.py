@@ -17,6 +17,12 @@ did. Playout is driven by RTP timestamps:
   after the previous packet when its sequence number continues the stream,
   otherwise `playout_delay_ms` ahead of the play clock. Packets from the
   previous SSRC that arrive after a switch are counted late.
+* A timestamp shift that is not a whole number of frames is snapped onto the
+  play grid (to the nearest slot; counted as a resync), so the stream keeps
+  playing instead of landing between the slots `pop()` asks for.
+* Non-audio packets of the stream (`mark_received`, e.g. RFC 4733 events, whose
+  timestamp stays at the event start) only count for loss; they never move
+  the timestamp mapping.
 * If the sender's clock runs fast and the buffer grows more than
   `max_excess_ms` beyond the playout delay, one frame is dropped per tick
   until it is back.
@@ -121,7 +127,8 @@ class JitterBuffer:
         self._min_seq = 0
         self._prev_max_seq = -(1 << 20)  # numbering before the last sequence restart
         self._last_raw_ts = 0
-        self._newest_mapped = 0  # mapped timestamp of the highest sequence number
+        self._newest_mapped = 0  # mapped timestamp of the newest audio packet
+        self._newest_seq = 0  # its extended sequence number
         self._segments: list[tuple[int, int]] = []  # (first ext seq, ts offset), newest last
         # Counters.
         self._expected = 0
@@ -171,25 +178,30 @@ class JitterBuffer:
             self._prev_max_seq = self._max_seq
             self._start_stream(packet, payload, self._play_ts + self._delay, keep_ssrc=True)
             return
-        raw_ts = _unwrap(packet.timestamp, self._last_raw_ts, 32)
         if delta > 0:
-            self._last_raw_ts = raw_ts
             self._max_seq = seq
             self._expected += delta
+        elif seq < self._min_seq:
+            self._expected += self._min_seq - seq
+            self._min_seq = seq
+        self._remember(seq)
+        self._received += 1
+        if payload is None:  # counted only: its timestamp says nothing about audio timing
+            return
+        raw_ts = _unwrap(packet.timestamp, self._last_raw_ts, 32)
+        if seq > self._newest_seq:
+            self._last_raw_ts = raw_ts
             mapped = raw_ts + self._segments[-1][1]
             ahead = mapped - self._play_ts
             if ahead < 0 or ahead > self._delay + self._jump:
-                mapped = self._rebase(seq, raw_ts, delta)
+                mapped = self._rebase(seq, raw_ts, seq - self._newest_seq)
+            else:
+                mapped = self._snap(seq, mapped)
             self._newest_mapped = mapped
+            self._newest_seq = seq
         else:
-            if seq < self._min_seq:
-                self._expected += self._min_seq - seq
-                self._min_seq = seq
             mapped = raw_ts + self._offset_for(seq)
-        self._remember(seq)
-        self._received += 1
-        if payload is None:
-            return
+            mapped += self._grid_shift(mapped)
         if mapped < self._play_ts or mapped in self._buffer:
             self._late += 1
             return
@@ -220,6 +232,7 @@ class JitterBuffer:
         self._expected += 1
         self._received += 1
         self._newest_mapped = target
+        self._newest_seq = seq
         if payload is not None:
             self._buffer[target] = payload
 
@@ -232,6 +245,20 @@ class JitterBuffer:
             target = self._continue_at(self._newest_mapped + delta * self.frame_samples)
         self._segments = [*self._segments[-1:], (seq, target - raw_ts)]
         return target
+
+    def _grid_shift(self, mapped: int) -> int:
+        """The shift (within ±half a frame) that puts `mapped` on a slot `pop()` will ask for."""
+        r = (mapped - self._play_ts) % self.frame_samples
+        return -r if r <= self.frame_samples // 2 else self.frame_samples - r
+
+    def _snap(self, seq: int, mapped: int) -> int:
+        """Snap an off-grid packet onto the grid; following packets of its segment follow."""
+        shift = self._grid_shift(mapped)
+        if shift == 0:
+            return mapped
+        self._resyncs += 1
+        self._segments = [*self._segments[-1:], (seq, self._segments[-1][1] + shift)]
+        return mapped + shift
 
     def _offset_for(self, seq: int) -> int:
         for first, offset in reversed(self._segments):
@@ -251,6 +278,10 @@ class JitterBuffer:
         """The frame for this tick: decoded, concealed, or silence. Never blocks, never skips."""
         if self._ssrc is None:
             return self._silence.copy()
+        stale = [ts for ts in self._buffer if ts < self._play_ts]
+        for ts in stale:  # never played (off the play grid): keep the buffer bounded
+            del self._buffer[ts]
+        self._dropped += len(stale)
         if self._buffer and max(self._buffer) - self._play_ts > self._delay + self._excess:
             if self._buffer.pop(self._play_ts, None) is not None:
                 self._dropped += 1

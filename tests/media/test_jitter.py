@@ -259,3 +259,63 @@ def test_with_real_opus_decoder_and_plc() -> None:
     concealed = frames[3 + 15]
     assert np.sqrt(np.mean(concealed.astype(np.float64) ** 2)) > 1000  # PLC, not silence
     assert (jb.stats.lost, jb.stats.concealed) == (1, 1)
+
+
+def _tone_packet(seq: int, ts: int) -> RtpPacket:
+    return RtpPacket(0, seq & 0xFFFF, ts & 0xFFFFFFFF, 1, bytes([0x10]) * FRAME)
+
+
+@pytest.mark.parametrize("shift", [80, 10, 150, -10, 160 * 3 + 40])
+def test_timestamp_shift_off_the_frame_grid_keeps_playing(shift: int) -> None:
+    # The sender's timestamp moves by a non-multiple of the frame after packet 50.
+    jb = JitterBuffer(8000, FRAME, 60, decode=ulaw_decode)
+    seq, ts, audible = 1, 0, []
+    for i in range(50 + 3000):
+        if i == 50:
+            ts += shift
+        jb.push(_tone_packet(seq, ts))
+        seq, ts = seq + 1, ts + FRAME
+        frame = jb.pop()
+        assert frame.shape == (FRAME,)
+        audible.append(bool(np.abs(frame).max() > 0))
+        assert jb.stats.depth <= (60 + 100) // 20 + 1  # bounded, not one entry per packet
+    after = audible[50 + 5 :]  # a short resync
+    assert sum(after) >= 0.95 * len(after)
+    snapped = round(shift / FRAME - 0.01) * FRAME  # to the nearest slot, half a frame down
+    assert jb.stats.depth_ms == 60 + 1000 * snapped / 8000
+    assert jb.stats.resyncs == 1
+
+
+def test_off_grid_packets_reordered_across_the_shift_still_play() -> None:
+    jb = _buffer()
+    packets = [_packet(i, ts0=80 if i >= 10 else 0) for i in range(30)]
+    packets[10], packets[11] = packets[11], packets[10]
+    out = _run(jb, [(i * 20.0, p) for i, p in enumerate(packets)], 33)
+    assert out[3:33] == list(range(1, 31))
+
+
+def test_dtmf_event_does_not_move_the_audio_timing() -> None:
+    # RFC 4733: during an event the timestamp stays at the event start, sequence numbers run on.
+    jb = JitterBuffer(8000, FRAME, 60, decode=ulaw_decode)
+    seq, ts, audible = 1, 0, []
+    for _ in range(50):
+        jb.push(_tone_packet(seq, ts))
+        seq, ts = seq + 1, ts + FRAME
+        audible.append(bool(np.abs(jb.pop()).max() > 0))
+    event_start, event_packets = ts, 13  # 260 ms including 3 end retransmissions
+    for _ in range(event_packets):
+        jb.mark_received(RtpPacket(101, seq, event_start, 1, b"\x05\x0a\x00\xa0"))
+        seq, ts = seq + 1, ts + FRAME
+        audible.append(bool(np.abs(jb.pop()).max() > 0))
+    for _ in range(100):
+        jb.push(_tone_packet(seq, ts))
+        seq, ts = seq + 1, ts + FRAME
+        frame = jb.pop()
+        assert frame.shape == (FRAME,)
+        audible.append(bool(np.abs(frame).max() > 0))
+        assert jb.stats.depth_ms <= 60
+    assert jb.stats.depth_ms == 60  # back to the playout delay
+    assert (jb.stats.resyncs, jb.stats.lost, jb.stats.dropped) == (0, 0, 0)
+    # Silence only for the event's own slots (less the concealment), nothing extra.
+    assert audible[3:].count(False) <= event_packets - 5 + 1
+    assert all(audible[50 + event_packets + 3 :])
