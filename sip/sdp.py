@@ -199,7 +199,8 @@ def parse_offer(body: bytes | str) -> MediaOffer:
 
 
 def choose_codec(offer: MediaOffer) -> tuple[Codec, Codec | None]:
-    """The first offered codec we support, plus telephone-event when offered.
+    """The first offered codec we support, plus telephone-event when offered at that
+    codec's clock rate (RFC 4733 §2.1; otherwise the answer carries no DTMF).
 
     Raises `NoCommonCodec` (a `SipReject` with status 488) when nothing matches."""
     chosen: Codec | None = None
@@ -212,8 +213,6 @@ def choose_codec(offer: MediaOffer) -> tuple[Codec, Codec | None]:
         raise NoCommonCodec(f"no common codec (offered: {names})")
     events = [c for c in offer.codecs if c.name.lower() == "telephone-event"]
     dtmf = next((c for c in events if c.clock_rate == chosen.clock_rate), None)
-    if dtmf is None:
-        dtmf = next((c for c in events if c.clock_rate == 8000), None)
     return chosen, dtmf
 
 
@@ -250,7 +249,8 @@ def build_answer(
     """The SDP answer for `answer`.
 
     With `offer`, every other m= line of the offer is mirrored and rejected (port 0), as
-    RFC 3264 §6 requires. With `offer_direction`, the direction is mirrored (§6.1)."""
+    RFC 3264 §6 requires, and the audio stream keeps the offer's transport (RTP/AVP or
+    RTP/AVPF). With `offer_direction`, the direction is mirrored (§6.1)."""
     direction = answer.direction
     if offer_direction is not None:
         direction = negotiate_direction(offer_direction, answer.direction)
@@ -270,13 +270,16 @@ def build_answer(
         formats.append(str(answer.dtmf.payload_type))
         audio.append(_rtpmap(answer.dtmf))
         audio.append(f"a=fmtp:{answer.dtmf.payload_type} {answer.dtmf.fmtp or '0-16'}")
+    audio_index = offer.audio_index() if offer is not None else None
+    proto = "RTP/AVP"
+    if offer is not None and audio_index is not None:
+        proto = offer.media[audio_index].proto
     audio_section = [
-        f"m=audio {answer.port} RTP/AVP {' '.join(formats)}",
+        f"m=audio {answer.port} {proto} {' '.join(formats)}",
         *audio,
         f"a=ptime:{ptime_ms}",
         f"a={direction}",
     ]
-    audio_index = offer.audio_index() if offer is not None else None
     if offer is None or audio_index is None:
         lines += audio_section
     else:

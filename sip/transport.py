@@ -22,6 +22,8 @@ log = logging.getLogger("sip.transport")
 TransportName = Literal["udp", "tcp"]
 DEFAULT_PORT = 5060
 TCP_IDLE_TIMEOUT_S = 300.0
+TCP_MAX_CONNECTIONS = 2000
+TCP_MAX_WRITE_BUFFER = 256 * 1024
 UDP_RECV_BUFFER = 4 * 1024 * 1024
 
 
@@ -65,10 +67,14 @@ def annotate_via(message: SipMessage, source_ip: str, source_port: int) -> None:
         return
 
 
-def response_destination(via: Via) -> tuple[str, int]:
-    """Where a response to a request with top Via `via` goes over UDP (or a new TCP
-    connection): the received/rport values when present, else sent-by."""
+def response_destination(via: Via, reliable: bool = False) -> tuple[str, int]:
+    """Where a response to a request with top Via `via` goes: over UDP the received/rport
+    values when present, else sent-by; over a new TCP connection `received` (or the
+    sent-by host) with the sent-by port (RFC 3261 §18.2.2), never the client's
+    ephemeral rport."""
     host = via.received or via.host
+    if reliable:
+        return host, via.port or DEFAULT_PORT
     port = via.rport or via.port or DEFAULT_PORT
     return host, port
 
@@ -95,9 +101,20 @@ class TcpConnection:
         self.task: asyncio.Task[None] = asyncio.create_task(self._read_loop())
 
     def send(self, data: bytes) -> None:
-        """Queue bytes on the connection (raises ConnectionError when closed)."""
+        """Queue bytes on the connection. Raises ConnectionError when it is closed, or
+        when the peer has left over TCP_MAX_WRITE_BUFFER bytes unread (the connection
+        is then closed: a peer that never reads must not grow our memory)."""
         if self.closed or self._writer.is_closing():
             raise ConnectionError("TCP connection closed")
+        buffered = self._writer.transport.get_write_buffer_size()
+        if buffered > TCP_MAX_WRITE_BUFFER:
+            log.warning(
+                "call_id=- tcp %s: peer not reading (%d bytes unsent), closing",
+                format_hostport(*self.peer),
+                buffered,
+            )
+            self.close(abort=True)
+            raise ConnectionError("TCP peer not reading; connection closed")
         self._writer.write(data)
 
     async def _read_loop(self) -> None:
@@ -130,11 +147,11 @@ class TcpConnection:
             # keep-alive CRLFs (RFC 5626 §3.5.1): a double CRLF ping gets a single CRLF pong
             first = await asyncio.wait_for(self._reader.readexactly(1), TCP_IDLE_TIMEOUT_S)
             if first == b"\r":
-                nxt = await self._reader.readexactly(1)
+                nxt = await asyncio.wait_for(self._reader.readexactly(1), TCP_IDLE_TIMEOUT_S)
                 if nxt != b"\n":
                     first += nxt
                 else:
-                    peek = await self._reader.readexactly(2)
+                    peek = await asyncio.wait_for(self._reader.readexactly(2), TCP_IDLE_TIMEOUT_S)
                     if peek == b"\r\n":
                         with contextlib.suppress(ConnectionError):
                             self.send(b"\r\n")
@@ -145,13 +162,16 @@ class TcpConnection:
             rest = await asyncio.wait_for(self._reader.readuntil(b"\r\n\r\n"), 30.0)
             return first + rest
 
-    def close(self) -> None:
-        """Close the socket (idempotent)."""
+    def close(self, abort: bool = False) -> None:
+        """Close the socket (idempotent); `abort` drops unsent data instead of flushing it."""
         if self.closed:
             return
         self.closed = True
         with contextlib.suppress(Exception):
-            self._writer.close()
+            if abort:
+                self._writer.transport.abort()
+            else:
+                self._writer.close()
         self._on_close(self)
 
 
@@ -216,6 +236,15 @@ class TransportLayer:
             self.tcp_port = int(self._tcp_server.sockets[0].getsockname()[1])
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= TCP_MAX_CONNECTIONS:
+            peer = writer.get_extra_info("peername") or ("?", 0)
+            log.warning(
+                "call_id=- tcp %s: %d connections open (the cap), refusing",
+                format_hostport(str(peer[0]), int(peer[1])),
+                len(self._connections),
+            )
+            writer.close()
+            return
         conn = TcpConnection(reader, writer, self._handler, self._forget)
         self._connections[conn.peer] = conn
 
@@ -251,7 +280,7 @@ class TransportLayer:
                 return
             vias = message.get_all("Via")
             if vias:
-                dest = response_destination(Via.parse(vias[0]))
+                dest = response_destination(Via.parse(vias[0]), reliable=True)
                 task = asyncio.get_running_loop().create_task(self._send_tcp_later(data, dest))
                 self._sends.add(task)
                 task.add_done_callback(self._sends.discard)

@@ -12,10 +12,10 @@ import logging
 import secrets
 import socket
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sip.api import CallApplication, CallInfo, MediaAnswer, MediaOffer, SipReject
+from sip.api import CallApplication, CallInfo, Direction, MediaAnswer, MediaOffer, SipReject
 from sip.dialog import DialogId, SipDialog
 from sip.message import (
     BRANCH_COOKIE,
@@ -37,6 +37,7 @@ from sip.sdp import (
     build_answer,
     choose_codec,
     media_offer,
+    negotiate_direction,
     parse_sdp,
 )
 from sip.transaction import (
@@ -103,6 +104,8 @@ class _CallState:
     retransmitter: TwoXxRetransmitter | None = None
     invite_cseq: int = 0
     last_answer: MediaAnswer | None = None
+    last_direction: Direction = "sendrecv"
+    last_sdp: bytes | None = None
     established: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -479,19 +482,31 @@ class UserAgentServer:
         txn: InviteServerTransaction,
         source: Source,
         answer: MediaAnswer,
-        offered_direction: Any,
-        bump_version: bool = False,
+        offered_direction: Direction | None,
     ) -> None:
+        """Send a 2xx carrying our SDP; `offered_direction` None sends `answer`'s own
+        direction (our offer in a 2xx to an offerless re-INVITE)."""
         dialog = state.dialog
-        if bump_version:
-            dialog.session_version += 1
+        direction = answer.direction
+        if offered_direction is not None:
+            direction = negotiate_direction(offered_direction, answer.direction)
         body = build_answer(
-            answer,
+            replace(answer, direction=direction),
             dialog.session_id,
             dialog.session_version,
             offer=dialog.offer_sdp,
-            offer_direction=offered_direction,
         )
+        if state.last_sdp is not None and body != state.last_sdp:
+            # RFC 3264 §8: a changed session description gets a higher o= version
+            dialog.session_version += 1
+            body = build_answer(
+                replace(answer, direction=direction),
+                dialog.session_id,
+                dialog.session_version,
+                offer=dialog.offer_sdp,
+            )
+        state.last_sdp = body
+        state.last_direction = direction
         response = response_to(
             request,
             200,
@@ -544,7 +559,14 @@ class UserAgentServer:
         if invite_txn is None:
             self._reply(txn, 481, "Call/Transaction Does Not Exist")
             return
-        self._reply(txn, 200, "OK")
+        # RFC 3261 §9.2: the 200 to CANCEL carries the To-tag of the INVITE's responses
+        if pending is not None:
+            cancel_tag = pending.to_tag
+        elif invite_txn.last_response is not None:
+            cancel_tag = tag_of(invite_txn.last_response.get("To"))
+        else:
+            cancel_tag = ""
+        self._reply(txn, 200, "OK", to_tag=cancel_tag or None)
         if pending is None or invite_txn.final_sent:
             return  # too late: the final response already went out
         log.info("call_id=%s cancelled by caller", request.call_id)
@@ -638,7 +660,8 @@ class UserAgentServer:
         if not request.body and state.last_answer is not None:
             # offerless re-INVITE (session refresh): offer what we have, unchanged
             state.invite_cseq = request.cseq.number
-            self._send_2xx(state, request, txn, source, state.last_answer, "sendrecv")
+            current = replace(state.last_answer, direction=state.last_direction)
+            self._send_2xx(state, request, txn, source, current, None)
             return
         checked = self._precheck_offer(request, txn, to_tag)
         if checked is None:
@@ -662,7 +685,7 @@ class UserAgentServer:
         dialog.offer_sdp = sd
         state.last_answer = answer
         state.invite_cseq = request.cseq.number
-        self._send_2xx(state, request, txn, source, answer, offer.direction, bump_version=True)
+        self._send_2xx(state, request, txn, source, answer, offer.direction)
         log.info(
             "call_id=%s re-INVITE answered: %s %s",
             dialog.call_id,
@@ -778,8 +801,10 @@ class UserAgentServer:
         status: int,
         reason: str,
         headers: list[tuple[str, str]] | None = None,
+        to_tag: str | None = None,
     ) -> None:
-        to_tag = "" if status < 200 else new_tag()
+        if to_tag is None:
+            to_tag = "" if status < 200 else new_tag()
         txn.respond(response_to(txn.request, status, reason, to_tag=to_tag, headers=headers or []))
 
     def _options_response(self, request: SipRequest) -> SipResponse:

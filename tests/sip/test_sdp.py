@@ -48,7 +48,8 @@ def offer(*formats: str, extra: str = "") -> str:
         (("0", "101"), "PCMU", 8000, 1, 101),
         (("8", "0"), "PCMA", 8000, 1, None),
         (("18", "96", "102", "101"), "opus", 48000, 2, 102),
-        (("96", "101"), "opus", 48000, 2, 101),
+        (("96", "101"), "opus", 48000, 2, None),  # telephone-event/8000 cannot go with opus
+        (("96", "101", "102"), "opus", 48000, 2, 102),
         (("18", "8", "101"), "PCMA", 8000, 1, 101),
     ],
 )
@@ -115,6 +116,31 @@ def test_answer_rejects_other_streams_and_has_ptime() -> None:
     assert "m=video 0 RTP/AVP 31" in lines  # rejected, same position
     assert lines.index("m=video 0 RTP/AVP 31") > lines.index("m=audio 30000 RTP/AVP 96 102")
     assert parse_offer(body).codecs[0] == Codec("opus", 96, 48000, 2, "useinbandfec=1")
+
+
+def test_opus_answer_without_matching_telephone_event_has_no_dtmf() -> None:
+    sd = parse_sdp(offer("96", "101"))
+    codec, dtmf = choose_codec(parse_offer(offer("96", "101")))
+    assert dtmf is None
+    body = build_answer(MediaAnswer("198.51.100.1", 30000, codec, dtmf), 1, offer=sd).decode()
+    assert "m=audio 30000 RTP/AVP 96\r\n" in body
+    assert "telephone-event" not in body
+
+
+@pytest.mark.parametrize("proto", ["RTP/AVP", "RTP/AVPF"])
+def test_answer_keeps_offered_transport(proto: str) -> None:
+    text = offer("0", "101").replace("m=audio 49170 RTP/AVP", f"m=audio 49170 {proto}")
+    codec, dtmf = choose_codec(parse_offer(text))
+    body = build_answer(
+        MediaAnswer("198.51.100.1", 30000, codec, dtmf), 1, offer=parse_sdp(text)
+    ).decode()
+    assert f"m=audio 30000 {proto} 0 101\r\n" in body
+    assert "m=video 0 RTP/AVP 31\r\n" in body
+
+
+def test_answer_without_offer_is_rtp_avp() -> None:
+    body = build_answer(MediaAnswer("198.51.100.1", 30000, Codec("PCMU", 0, 8000)), 1).decode()
+    assert "m=audio 30000 RTP/AVP 0\r\n" in body
 
 
 def test_ipv6_answer() -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from sip.api import SipReject
-from sip.message import SipRequest, SipResponse, Via
+from sip.message import SipRequest, SipResponse, Via, tag_of
 from sip.transaction import TimerConfig
 from sip.uas import UserAgentServer
 from tests.sip.client import Call, SipClient, sdp_offer
@@ -88,12 +88,15 @@ async def test_cancel_gets_200_and_487(uas: UserAgentServer, app: RecordingApp) 
         await app.wait_for(lambda: len(app.invites) == 1)
         client.send(call.request("CANCEL", branch=call.invite_branch, cseq=1))
         seen: dict[str, int] = {}
+        tags: dict[str, str] = {}
         while len(seen) < 2:
             msg = await client.recv()
             assert isinstance(msg, SipResponse)
             if msg.status >= 200:
                 seen[msg.cseq.method] = msg.status
+                tags[msg.cseq.method] = tag_of(msg.get("To"))
         assert seen == {"CANCEL": 200, "INVITE": 487}
+        assert tags["CANCEL"] and tags["CANCEL"] == tags["INVITE"]
         client.send(call.request("ACK", branch=call.invite_branch, cseq=1))
         await app.wait_for(lambda: app.terminated == [(call.call_id, "cancelled")])
         assert app.established == []
@@ -201,6 +204,42 @@ async def test_reinvite_hold_and_cseq_order(uas: UserAgentServer, app: Recording
         assert app.reinvites[0].direction == "sendonly"
         client.send(call.request("INFO", cseq=1, body="x", content_type="text/plain"))
         await client.expect(500)  # lower CSeq than the last one seen
+
+
+def _o_version(body: bytes) -> str:
+    origin = next(line for line in body.decode().split("\r\n") if line.startswith("o="))
+    return origin.split()[2]
+
+
+async def test_offerless_reinvite_keeps_hold_and_version(
+    uas: UserAgentServer, app: RecordingApp
+) -> None:
+    async with SipClient(uas.local_port) as client:
+        call = Call(client)
+        first = await call.establish()
+        call.cseq = 2
+        client.send(call.request("INVITE", body=sdp_offer((0, 101), "sendonly")))
+        held = await client.expect(200)
+        client.send(call.ack())
+        assert "a=recvonly" in held.body.decode()
+        assert _o_version(held.body) == str(int(_o_version(first.body)) + 1)
+        call.cseq = 3
+        client.send(call.request("INVITE"))  # offerless session refresh while on hold
+        refresh = await client.expect(200)
+        client.send(call.ack())
+        assert "a=recvonly" in refresh.body.decode()
+        assert refresh.body == held.body  # unchanged SDP: same o= version (RFC 3264 §8)
+        call.cseq = 4
+        client.send(call.request("INVITE", body=sdp_offer((0, 101))))  # resume
+        resumed = await client.expect(200)
+        client.send(call.ack())
+        assert "a=sendrecv" in resumed.body.decode()
+        assert _o_version(resumed.body) == str(int(_o_version(held.body)) + 1)
+        call.cseq = 5
+        client.send(call.request("INVITE", body=sdp_offer((0, 101))))  # same offer again
+        same = await client.expect(200)
+        client.send(call.ack())
+        assert same.body == resumed.body
 
 
 async def test_reinvite_while_one_pending_is_refused(
