@@ -3,7 +3,7 @@
   embedded ASR       faster-whisper tiny.en int8: time to transcript, real-time factor
   embedded LLM       llama.cpp SmolLM2-135M: time to first token, to last token
   embedded Piper     en_US-joe-medium: time to audio (a whole sentence), real-time factor
-  Piper service      `python -m bridge.tts_server` over loopback HTTP: time to WAV
+  Piper service      `python -m bridge.services.tts_server` over loopback HTTP: time to WAV
   OpenAI client      against `python -m llama_cpp.server` (SmolLM2): time to first token
   whisper.cpp client against an in-process double that answers at once: client overhead
   Ollama client      against an in-process double that answers at once: client overhead
@@ -130,7 +130,7 @@ async def bench_piper_service(repeats: int, threads: int) -> list[Row]:
         start_server,
         [
             "-m",
-            "bridge.tts_server",
+            "bridge.services.tts_server",
             "--engine",
             "piper",
             "--host",

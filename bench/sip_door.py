@@ -4,7 +4,7 @@
     .venv/bin/python bench/sip_door.py --levels 100 200 --hold-ms 6000
 
 Every call speaks a 2 s espeak-ng sentence as PCMU RTP and is echoed back by the door
-(`python -m bridge.doors.echo`), so the door decodes, resamples, jitter-buffers and paces 50
+(`python -m bridge.tools.echo`), so the door decodes, resamples, jitter-buffers and paces 50
 packets a second each way per call. Reported per level: SIPp's outcome (completed, failed,
 retransmissions, INVITE→200 p95), the door process's CPU use (from /proc, user+system over
 the run's wall time, and per call-second of media) and its media clock's late ticks and
@@ -44,7 +44,7 @@ def _start_door() -> tuple[subprocess.Popen[str], int]:
         [
             sys.executable,
             "-m",
-            "bridge.doors.echo",
+            "bridge.tools.echo",
             "--port",
             "0",
             "--rtp-min",

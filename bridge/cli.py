@@ -31,15 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override GATEWAY_PORT")
     serve.add_argument("--no-sip", action="store_true", help="override SIP_ENABLED=false")
 
-    from bridge.loadtest import add_arguments
+    from bridge.tools.loadtest import add_arguments
 
     load = sub.add_parser("loadtest", help="spec §4.5 load tester for the WebSocket door")
     add_arguments(load)
 
-    from bridge import wsclient
+    from bridge.tools import call_client
 
     one = sub.add_parser("call", help="one WebSocket call: stream a WAV, print and save the reply")
-    wsclient.add_arguments(one)
+    call_client.add_arguments(one)
     return parser
 
 
@@ -47,15 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `voicebridge` console script."""
     args = _parser().parse_args(argv)
     if args.command == "loadtest":
-        from bridge.loadtest import run_from_args
+        from bridge.tools.loadtest import run_from_args
 
         _setup_logging("WARNING")
         return run_from_args(args)
     if args.command == "call":
-        from bridge import wsclient
+        from bridge.tools import call_client
 
         _setup_logging("WARNING")
-        return wsclient.run_from_args(args)
+        return call_client.run_from_args(args)
 
     overrides: dict[str, object] = {}
     if args.host:

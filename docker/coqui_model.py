@@ -1,4 +1,4 @@
-"""Download a Coqui TTS model at image build time into the folder `bridge.tts_server` reads.
+"""Download a Coqui TTS model at image build time into the folder `bridge.services.tts_server` reads.
 
     python docker/coqui_model.py tts_models/en/ljspeech/vits /opt/coqui/vits
 

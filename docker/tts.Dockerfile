@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
-# The `/synthesize` services (spec §4.3, §4.4): `python -m bridge.tts_server --engine piper|coqui`.
+# The `/synthesize` services (spec §4.3, §4.4): `python -m bridge.services.tts_server --engine piper|coqui`.
 # Targets: `piper` (ONNX, CPU, the voice baked in) and `coqui` (VITS on CPU torch, the model
 # downloaded at build time, since the image is built where the internet is).
 #   docker build -f docker/tts.Dockerfile --target piper .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# --- the voicebridge package with only what bridge.tts_server imports ---
+# --- the voicebridge package with only what bridge.services.tts_server imports ---
 FROM ${PYTHON_IMAGE} AS base
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
@@ -17,7 +17,7 @@ COPY media media
 COPY sip sip
 COPY bridge bridge
 # --no-deps keeps faster-whisper, llama.cpp and aiortc out of the TTS images; the list below
-# is what bridge.tts_server imports (tests/deploy/test_docker.py checks it against pyproject).
+# is what bridge.services.tts_server imports (tests/deploy/test_docker.py checks it against pyproject).
 RUN python -m venv /opt/venv \
     && pip install \
         "numpy>=1.26" "soxr>=0.5" "httpx>=0.27" "pydantic>=2.6" "pydantic-settings>=2.2" \
@@ -43,7 +43,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/voicebridge
 USER 10001
 EXPOSE 5100/tcp
-CMD ["python", "-m", "bridge.tts_server", "--engine", "piper", "--host", "0.0.0.0", "--port", "5100"]
+CMD ["python", "-m", "bridge.services.tts_server", "--engine", "piper", "--host", "0.0.0.0", "--port", "5100"]
 
 # --- Coqui: CPU-only torch, coqui-tts (the pyproject `coqui` extra), the VITS model ---
 FROM base AS coqui-build
@@ -68,4 +68,4 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /home/voicebridge
 USER 10001
 EXPOSE 5200/tcp
-CMD ["python", "-m", "bridge.tts_server", "--engine", "coqui", "--host", "0.0.0.0", "--port", "5200"]
+CMD ["python", "-m", "bridge.services.tts_server", "--engine", "coqui", "--host", "0.0.0.0", "--port", "5200"]

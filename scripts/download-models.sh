@@ -4,7 +4,7 @@
 #   ollama    `ollama pull OLLAMA_MODEL` (llama3.2:3b); starts `ollama serve` for the pull if needed
 #   piper     the Piper voice PIPER_VOICE (en_US-lessac-medium, .onnx + .onnx.json) into MODELS_DIR/piper
 #             (the piper image bakes this voice in at build time; this copy is for running
-#             `python -m bridge.tts_server --engine piper` on the host)
+#             `python -m bridge.services.tts_server --engine piper` on the host)
 # Usage: scripts/download-models.sh [whisper] [ollama] [piper]   (no argument: all three)
 # Files already present are kept. Settings come from the environment, else .env, else defaults:
 #   MODELS_DIR ~/.cache/voicebridge/models   HF_BASE https://huggingface.co   OLLAMA_BIN ollama

@@ -101,13 +101,13 @@ def embedded_piper() -> Iterator[EmbeddedPiperTTS]:
 
 @pytest.fixture(scope="session")
 def piper_service() -> Iterator[Server]:
-    """`python -m bridge.tts_server --engine piper` on a loopback port, with PIPER_VOICE
+    """`python -m bridge.services.tts_server --engine piper` on a loopback port, with PIPER_VOICE
     naming a voice that is not installed here (so it falls back to the shipped one)."""
     port = free_port()
     server = start_server(
         [
             "-m",
-            "bridge.tts_server",
+            "bridge.services.tts_server",
             "--engine",
             "piper",
             "--host",

@@ -18,7 +18,7 @@ import soxr
 from aiohttp import web
 
 from bridge.backends import BackendError, EmbeddedASR, HttpTTS
-from bridge.tts_server import OUTPUT_RATE, to_output_rate
+from bridge.services.tts_server import OUTPUT_RATE, to_output_rate
 from tests.backends.conftest import ROOT, Server
 from tests.backends.doubles import serve
 from tests.support import free_port, word_error_rate
@@ -161,7 +161,7 @@ def _coqui_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         [
             sys.executable,
             "-m",
-            "bridge.tts_server",
+            "bridge.services.tts_server",
             "--engine",
             "coqui",
             "--port",

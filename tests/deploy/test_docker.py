@@ -140,7 +140,7 @@ def test_tts_services_run_the_tts_server(
 ) -> None:
     spec = resolved["services"][service]
     command = spec["command"]
-    assert command[:3] == ["python", "-m", "bridge.tts_server"]
+    assert command[:3] == ["python", "-m", "bridge.services.tts_server"]
     assert command[command.index("--engine") + 1] == engine
     assert command[command.index("--port") + 1] == str(port)
     assert spec["build"]["target"] == engine
@@ -291,7 +291,7 @@ def _closure(names: set[str]) -> set[str]:
 
 PROBE = """
 import ast, json, sys
-from bridge.tts_server import ServiceSettings, create_app, make_engine
+from bridge.services.tts_server import ServiceSettings, create_app, make_engine
 engine = make_engine("piper", ServiceSettings())
 create_app(engine)
 engine.synthesize("Hello there.", None)

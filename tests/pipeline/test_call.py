@@ -15,7 +15,7 @@ from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.contract import CallLimitExceeded, CallOptions
 from bridge.metrics import Metrics
-from tests.pipeline.fakes import (
+from tests.fakes.pipeline import (
     FakeBackends,
     FakeLLM,
     FakeTTS,

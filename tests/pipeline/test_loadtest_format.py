@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import pytest
 
-from bridge.loadtest import encode_chunks, format_summary, parse_duration, percentile
+from bridge.tools.loadtest import encode_chunks, format_summary, parse_duration, percentile
 
 
 def test_summary_block_is_the_spec_format() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline.harness import REPO, BridgeProcess, ws_call
+from tests.fakes.bridge_process import REPO, BridgeProcess, ws_call
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from bridge.backends import EmbeddedASR
-from bridge.loadtest import encode_chunks, wire_rate
+from bridge.tools.loadtest import encode_chunks, wire_rate
 from media.resample import resample
-from tests.pipeline.harness import REPO, BridgeProcess, CallRecord, ws_call
+from tests.fakes.bridge_process import REPO, BridgeProcess, CallRecord, ws_call
 from tests.support import espeak_pcm, free_port, wav_bytes, with_silence, word_error_rate
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.config import Settings, load_settings
-from bridge.doors.echo import EchoCalls
+from bridge.tools.echo import EchoCalls
 from bridge.doors.sip import SipService, start_sip
 from tests.support import free_port
 

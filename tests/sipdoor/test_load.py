@@ -24,7 +24,7 @@ def _start_door(max_calls: int) -> tuple[subprocess.Popen[str], int]:
         [
             sys.executable,
             "-m",
-            "bridge.doors.echo",
+            "bridge.tools.echo",
             "--host",
             "127.0.0.1",
             "--port",

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from bridge.backends.base import Audio
-from bridge.doors.echo import EchoCalls
+from bridge.tools.echo import EchoCalls
 from bridge.doors.sip import SipDoor
 from media.dtmf import build_telephone_event
 from media.g711 import ulaw_decode, ulaw_encode

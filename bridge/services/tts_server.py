@@ -1,6 +1,6 @@
 """The `/synthesize` service of the Piper and Coqui containers (spec §4.3, §4.4).
 
-    python -m bridge.tts_server --engine piper|coqui [--host 0.0.0.0] [--port 5100]
+    python -m bridge.services.tts_server --engine piper|coqui [--host 0.0.0.0] [--port 5100]
 
 `POST /synthesize` takes `{"text": ..., "voice": ...?}` and answers `audio/wav`, 16-bit PCM
 at 22050 Hz mono; `GET /healthz` answers once the voice or model is loaded. Piper speaks
@@ -33,7 +33,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bridge.backends._piper import SHIPPED_VOICE, load_voice, resolve_voice, speak
 from media.wav import write_wav
 
-log = logging.getLogger("bridge.tts_server")
+log = logging.getLogger("bridge.services.tts_server")
 
 OUTPUT_RATE = 22050
 COQUI_MODEL = "tts_models/en/ljspeech/vits"
@@ -200,7 +200,7 @@ def create_app(engine: SpeechEngine, max_chars: int = 2000) -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: load the engine, then serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m bridge.tts_server", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bridge.services.tts_server", description=__doc__)
     parser.add_argument("--engine", choices=sorted(DEFAULT_PORTS), default="piper")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None, help="default 5100 piper, 5200 coqui")

@@ -6,7 +6,7 @@ and sends the caller's audio back through the sink in `chunk_ms` blocks.
 
 Run a stand-alone echo SIP door (SIPp and softphones can call it):
 
-    python -m bridge.doors.echo --host 127.0.0.1 --port 5070
+    python -m bridge.tools.echo --host 127.0.0.1 --port 5070
 
 It prints `SIP_PORT=<port>` once listening and a JSON summary of the calls on SIGTERM/SIGINT.
 """

@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from bridge.loadtest import encode_chunks, wire_rate
+from bridge.tools.loadtest import encode_chunks, wire_rate
 from media.wav import read_wav, write_wav
 
 CHUNK_S = 0.02

@@ -1,0 +1,1 @@
+"""Command-line tools around the bridge: the load tester, the one-call client, the echo call handler."""
