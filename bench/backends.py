@@ -37,8 +37,8 @@ from bridge.backends import (
 )
 from bridge.backends._embedded import package_file
 from bridge.backends.llm import SMOLLM2_FILE
-from tests.backends.conftest import start_server, stop_server
-from tests.backends.doubles import OllamaDouble, WhisperCppDouble, serve
+from tests.fakes.backend_servers import OllamaDouble, WhisperCppDouble, serve
+from tests.fakes.processes import start_server, start_tts_service, stop_server
 from tests.support import espeak_pcm, free_port
 
 SENTENCES = [
@@ -125,22 +125,8 @@ async def bench_piper(repeats: int, threads: int) -> list[Row]:
 
 
 async def bench_piper_service(repeats: int, threads: int) -> list[Row]:
-    port = free_port()
     server = await asyncio.to_thread(
-        start_server,
-        [
-            "-m",
-            "bridge.services.tts_server",
-            "--engine",
-            "piper",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        port,
-        "/healthz",
-        {"PIPER_VOICE": "en_US-joe-medium", "INFERENCE_THREADS": str(threads)},
+        start_tts_service, {"PIPER_VOICE": "en_US-joe-medium", "INFERENCE_THREADS": str(threads)}
     )
     tts = HttpTTS("piper", server.url, timeout_s=60)
     try:

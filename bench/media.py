@@ -22,9 +22,8 @@ import soxr
 # This file is bench/media.py: without this, `import media` would find the file, not the package.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from media.codecs import AudioCodec, codec_for
 from media.jitter import JitterBuffer
-from media.opus import OpusDecoder, OpusEncoder
 from media.resample import StreamResampler
 from media.rtp import RtpPacket, parse_rtp
 from media.vad import EnergyVAD
@@ -49,25 +48,25 @@ def _median_us(samples_ns: list[int]) -> float:
     return statistics.median(samples_ns) / 1000.0
 
 
-def inbound(
-    name: str,
-    clock_rate: int,
-    payload_type: int,
-    encode: Callable[[Pcm], bytes],
-    make_decoder: Callable[[], tuple[Callable[[bytes], Pcm], Callable[[Pcm | None], Pcm] | None]],
-    seconds: float,
-) -> float:
-    frame = clock_rate // 50
-    pcm = speechlike(clock_rate, seconds)
+def inbound(codec: AudioCodec, seconds: float) -> float:
+    frame = codec.frame_samples
+    pcm_frame = codec.pcm_rate // 50
+    pcm = speechlike(codec.pcm_rate, seconds)
+    encoder = codec.encoder()
     wires = [
         RtpPacket(
-            payload_type, i & 0xFFFF, i * frame, 0xC0FFEE, encode(pcm[i * frame : (i + 1) * frame])
+            codec.payload_type,
+            i & 0xFFFF,
+            i * frame,
+            0xC0FFEE,
+            encoder.encode(pcm[i * pcm_frame : (i + 1) * pcm_frame]),
         ).serialize()
-        for i in range(len(pcm) // frame)
+        for i in range(len(pcm) // pcm_frame)
     ]
-    decode, conceal = make_decoder()
-    jitter = JitterBuffer(clock_rate, frame, 60, decode=decode, conceal=conceal)
-    resampler = StreamResampler(clock_rate, 16000)
+    jitter = JitterBuffer(
+        codec.clock_rate, frame, 60, decoder=codec.decoder(), pcm_frame_samples=pcm_frame
+    )
+    resampler = StreamResampler(codec.pcm_rate, 16000)
     vad = EnergyVAD()
     times: list[int] = []
     clock = time.perf_counter_ns
@@ -79,11 +78,11 @@ def inbound(
     return _median_us(times[50:])
 
 
-def outbound(
-    name: str, codec_rate: int, payload_type: int, encode: Callable[[Pcm], bytes], seconds: float
-) -> float:
+def outbound(codec: AudioCodec, seconds: float) -> float:
     tts_rate = 22050
     chunk = tts_rate // 50  # 441 samples = 20 ms
+    codec_rate, payload_type = codec.pcm_rate, codec.payload_type
+    encode = codec.encoder().encode
     frame = codec_rate // 50
     pcm = speechlike(tts_rate, seconds)
     resampler = StreamResampler(tts_rate, codec_rate)
@@ -99,7 +98,7 @@ def outbound(
             RtpPacket(payload_type, seq & 0xFFFF, ts, 0xC0FFEE, encode(pending[:frame])).serialize()
             pending = pending[frame:]
             seq += 1
-            ts += frame
+            ts += codec.frame_samples
         times.append(clock() - t0)
     return _median_us(times[50:])
 
@@ -186,15 +185,6 @@ def resampler_table() -> None:
             print(resampler_row(label, make, in_rate, out_rate))
 
 
-def _g711(decode: Callable[[bytes], Pcm]) -> Callable[[], tuple[Callable[[bytes], Pcm], None]]:
-    return lambda: (decode, None)
-
-
-def _opus_decoder() -> tuple[Callable[[bytes], Pcm], Callable[[Pcm | None], Pcm]]:
-    dec = OpusDecoder()
-    return dec.decode, lambda _last: dec.conceal()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="audio per run (default 60)")
@@ -204,31 +194,15 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    opus_encoder = OpusEncoder(bitrate=32000)
-    opus_payloads = opus_encoder.encode
-    rows: list[tuple[str, float]] = []
-    paths: list[tuple[str, Callable[[], float]]] = [
-        (
-            "inbound PCMU 8k -> 16k",
-            lambda: inbound("PCMU", 8000, 0, ulaw_encode, _g711(ulaw_decode), args.seconds),
-        ),
-        (
-            "inbound PCMA 8k -> 16k",
-            lambda: inbound("PCMA", 8000, 8, alaw_encode, _g711(alaw_decode), args.seconds),
-        ),
-        (
-            "inbound Opus 48k -> 16k",
-            lambda: inbound("Opus", 48000, 111, opus_payloads, _opus_decoder, args.seconds),
-        ),
-        ("outbound 22.05k -> PCMU", lambda: outbound("PCMU", 8000, 0, ulaw_encode, args.seconds)),
-        ("outbound 22.05k -> PCMA", lambda: outbound("PCMA", 8000, 8, alaw_encode, args.seconds)),
-        (
-            "outbound 22.05k -> Opus",
-            lambda: outbound("Opus", 48000, 111, OpusEncoder(bitrate=32000).encode, args.seconds),
-        ),
+    def best(run: Callable[[AudioCodec, float], float], codec: AudioCodec) -> float:
+        return min(run(codec, args.seconds) for _ in range(args.repeats))
+
+    labels = {"pcmu": "PCMU", "pcma": "PCMA", "opus": "Opus"}
+    codecs = [(label, codec_for(name)) for name, label in labels.items()]
+    rows: list[tuple[str, float]] = [
+        (f"inbound {label} {c.pcm_rate // 1000}k -> 16k", best(inbound, c)) for label, c in codecs
     ]
-    for label, run in paths:
-        rows.append((label, min(run() for _ in range(args.repeats))))
+    rows += [(f"outbound 22.05k -> {label}", best(outbound, c)) for label, c in codecs]
 
     print(
         f"media hot paths: median per 20 ms frame, {args.seconds:g} s audio, best of {args.repeats}"

@@ -12,32 +12,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.fakes.browser import chromium_with_microphone  # noqa: E402
+from tests.fakes.processes import VOICEBRIDGE, voicebridge_serving  # noqa: E402
 from tests.support import espeak_pcm, free_port, wav_bytes, with_silence  # noqa: E402
 
-FLAGS = [
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 QUESTION = "Hello, can you tell me what time the store opens tomorrow?"
 
 
@@ -74,35 +63,18 @@ def main() -> int:
     wav = work / "question.wav"
     wav.write_bytes(wav_bytes(with_silence(espeak_pcm(QUESTION, rate=48000), 48000, 0.5, 8), 48000))
     port = free_port()
-    log = (work / "bridge.log").open("wb")
-    command = [str(ROOT / ".venv/bin/voicebridge"), "serve", "--no-sip", "--host", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*command, "--port", str(port)],
-        cwd=work,
-        env=os.environ | {"LOG_LEVEL": "WARNING"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [VOICEBRIDGE, "serve", "--no-sip", "--host", "127.0.0.1", "--port", str(port)]
+    env = os.environ | {"LOG_LEVEL": "WARNING"}
     rows: list[dict[str, float]] = []
     try:
-        deadline = time.monotonic() + 60
-        while b"voicebridge ready" not in (work / "bridge.log").read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                print((work / "bridge.log").read_text(), file=sys.stderr)
-                return 1
-            time.sleep(0.2)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=[*FLAGS, f"--use-file-for-fake-audio-capture={wav}"],
-            )
-            page = browser.new_page()
-            for _ in range(args.calls):
-                rows.append(one_call(page, f"http://127.0.0.1:{port}/"))
-            browser.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        with voicebridge_serving(command, work / "bridge.log", work, env):
+            with chromium_with_microphone(wav) as browser:
+                page = browser.new_page()
+                for _ in range(args.calls):
+                    rows.append(one_call(page, f"http://127.0.0.1:{port}/"))
+    except RuntimeError as exc:  # the bridge did not start: its log is in the message
+        print(exc, file=sys.stderr)
+        return 1
     cols = ["connect", "transcript", "bot audio", "asr", "llm", "tts", "total"]
     print(f"WebRTC calls: {len(rows)} (ms; connect/transcript/bot audio from the Call click)")
     print(f"{'call':>5} " + " ".join(f"{c:>11}" for c in cols))

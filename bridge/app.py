@@ -1,37 +1,36 @@
 """The bridge process: one asyncio loop serving every door, metrics and health.
 
 `Bridge` wires settings, backends, metrics and the `CallManager` into one aiohttp
-application (`/ws/call`, `/metrics`, `/healthz`, `/readyz`, plus the WebRTC routes and page
-when `bridge.doors.webrtc` is present) and starts the SIP door when `SIP_ENABLED` and
-`bridge.doors.sip` offers `start_sip`. `serve()` is what `voicebridge serve` runs: warm the
-backends, start, print where to connect, wait for SIGTERM/SIGINT, shut down within
-`SHUTDOWN_GRACE_S`.
+application: the WebSocket door (`/ws/call`), the WebRTC door (`/webrtc/*`), the browser
+page (`/`, `/assets/*`), `/metrics`, `/healthz` and `/readyz`; it starts the SIP door when
+`SIP_ENABLED`. `serve()` is what `voicebridge serve` runs: warm the backends, start, print
+where to connect, wait for SIGTERM/SIGINT, shut down within `SHUTDOWN_GRACE_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import socket
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
-from bridge.call import BackendSet
-from bridge.calls import CallManager
+from bridge import web_page
 from bridge.config import Settings
-from bridge.doors import websocket
+from bridge.doors import webrtc, websocket
+from bridge.doors.sip import SipService, start_sip
 from bridge.metrics import CONTENT_TYPE_LATEST, Metrics
+from bridge.pipeline.manager import CallManager
+from bridge.pipeline.pools import BackendSet
+from bridge.readiness import readiness_report
 
 __all__ = ["Bridge", "serve"]
 
 log = logging.getLogger("bridge.app")
-
-READY_TIMEOUT_S = 3.0
 
 
 class ManagedBackends(BackendSet, Protocol):
@@ -40,17 +39,6 @@ class ManagedBackends(BackendSet, Protocol):
     async def warmup(self) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-class _Stoppable(Protocol):
-    async def stop(self) -> None: ...
-
-
-def _backend_entries(backends: BackendSet) -> dict[str, Any]:
-    entries: dict[str, Any] = {"asr": backends.asr, "llm": backends.llm}
-    for engine, tts in backends.tts.items():
-        entries[f"tts_{engine}"] = tts
-    return entries
 
 
 class Bridge:
@@ -67,19 +55,12 @@ class Bridge:
         self.app.router.add_get("/metrics", self._metrics)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
-        websocket.register(self.app, self.calls, settings)
-        self.webrtc = self._register_optional_webrtc()
+        websocket.register(self.app, self.calls, settings, self.metrics)
+        self.webrtc = webrtc.register(self.app, self.calls, settings)
+        web_page.register(self.app)
         self._runner: web.AppRunner | None = None
-        self._sip: _Stoppable | None = None
+        self._sip: SipService | None = None
         self.port = settings.gateway_port
-
-    def _register_optional_webrtc(self) -> Any:
-        try:
-            module = importlib.import_module("bridge.doors.webrtc")
-        except ImportError as exc:
-            log.warning("WebRTC door not available (%s); serving WebSocket only", exc)
-            return None
-        return module.register(self.app, self.calls, self.settings)
 
     # --- HTTP handlers -------------------------------------------------------------------
 
@@ -91,28 +72,16 @@ class Bridge:
         return web.json_response({"status": "ok", "calls_active": self.calls.active})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        """200 when ASR, LLM and the default TTS engine answer; other TTS engines are
-        reported but optional (a laptop has no Coqui server)."""
-        entries = _backend_entries(self.backends)
-
-        async def check(backend: Any) -> bool:
-            try:
-                return bool(await asyncio.wait_for(backend.ready(), READY_TIMEOUT_S))
-            except Exception:
-                return False
-
-        results = await asyncio.gather(*(check(b) for b in entries.values()))
-        required = {"asr", "llm", f"tts_{self.settings.default_tts_engine}"}
-        body = {
-            key: {
-                "backend": getattr(backend, "name", key),
-                "ready": ok,
-                "required": key in required,
-            }
-            for (key, backend), ok in zip(entries.items(), results, strict=True)
-        }
-        ready = self.calls.accepting and all(v["ready"] for k, v in body.items() if k in required)
-        return web.json_response({"ready": ready, "backends": body}, status=200 if ready else 503)
+        """200 when ASR, LLM and the default TTS engine answer (`bridge.readiness`)."""
+        backends = self.backends
+        ready, body = await readiness_report(
+            backends.asr,
+            backends.llm,
+            backends.tts,
+            default_tts_engine=self.settings.default_tts_engine,
+            accepting=self.calls.accepting,
+        )
+        return web.json_response(body, status=200 if ready else 503)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -124,25 +93,12 @@ class Bridge:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.gateway_host, self.settings.gateway_port)
         await site.start()
-        server = getattr(site, "_server", None)
-        sockets = getattr(server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        for address in self._runner.addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                self.port = int(address[1])
+                break
         if self.settings.sip_enabled:
-            self._sip = await self._start_sip()
-
-    async def _start_sip(self) -> _Stoppable | None:
-        try:
-            module = importlib.import_module("bridge.doors.sip")
-        except ImportError as exc:
-            log.warning("SIP_ENABLED but the SIP door is not available (%s); SIP is off", exc)
-            return None
-        start_sip = getattr(module, "start_sip", None)
-        if start_sip is None:
-            log.warning("bridge.doors.sip has no start_sip(); SIP is off")
-            return None
-        sip: _Stoppable = await start_sip(self.settings, self.calls, self.metrics)
-        return sip
+            self._sip = await start_sip(self.settings, self.calls, self.metrics)
 
     @property
     def sip_running(self) -> bool:

@@ -18,8 +18,18 @@ AsrBackend = Literal["embedded", "whispercpp"]
 LlmBackend = Literal["embedded", "ollama", "openai"]
 TtsBackend = Literal["embedded", "http"]
 TtsEngine = Literal["piper", "coqui"]
+TTS_ENGINES: tuple[TtsEngine, ...] = get_args(TtsEngine)
+"""Every TTS engine a caller may name, in the order the page lists them."""
 VadEngine = Literal["energy", "silero"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+# The value kinds the settings share; `_accepted()` reads their bounds back for the error.
+Port = Annotated[int, Field(ge=1, le=65535)]
+Count = Annotated[int, Field(ge=1)]
+Seconds = Annotated[float, Field(gt=0)]
+Decibels = Annotated[float, Field(le=0.0)]
+SpeechMs = Annotated[int, Field(ge=20)]
+OptionalMs = Annotated[int, Field(ge=0)]
 
 
 class ConfigError(ValueError):
@@ -49,53 +59,71 @@ class Settings(BaseSettings):
     piper_url: str = "http://piper:5100"
     coqui_url: str = "http://coqui:5200"
     default_tts_engine: TtsEngine = "piper"
+    """The engine of calls that do not choose one (SIP calls never do)."""
     piper_voice: str = "en_US-lessac-medium"
+    """A voice name of the Piper service, or an .onnx path for the embedded Piper."""
 
     # Gateway (spec §6)
     gateway_host: str = "0.0.0.0"
-    gateway_port: int = Field(8080, ge=1, le=65535)
-    max_concurrent_calls: int = Field(100, ge=1)
-    asr_pool_size: int = Field(10, ge=1)
-    llm_pool_size: int = Field(10, ge=1)
-    tts_pool_size: int = Field(10, ge=1)
+    gateway_port: Port = 8080
+    max_concurrent_calls: Count = 100
+    """Over it, SIP answers 503 and the WebSocket door closes with 1013."""
+    asr_pool_size: Count = 10
+    """ASR requests in flight; a whisper.cpp server serves one at a time, so match the number
+    of servers behind WHISPER_URL."""
+    llm_pool_size: Count = 10
+    """LLM streams in flight (Ollama, an OpenAI-compatible server or the embedded model)."""
+    tts_pool_size: Count = 10
+    """TTS requests in flight per engine. Past any pool size, requests wait in the bridge,
+    where the stage timings measure the wait."""
 
     # VAD (spec §6; pre-speech from spec §5)
     vad_engine: VadEngine = "energy"
-    vad_speech_threshold_db: float = Field(-30.0, le=0.0)
-    vad_silence_timeout_ms: int = Field(300, ge=20)
-    vad_min_speech_ms: int = Field(250, ge=20)
-    vad_pre_speech_ms: int = Field(200, ge=0)
+    vad_speech_threshold_db: Decibels = -30.0
+    """A frame at or above this RMS (dBFS) is speech, for the energy VAD."""
+    vad_silence_timeout_ms: SpeechMs = 300
+    """Trailing silence that ends an utterance."""
+    vad_min_speech_ms: SpeechMs = 250
+    """Speech needed before a sound counts as an utterance (clicks and coughs do not)."""
+    vad_pre_speech_ms: OptionalMs = 200
+    """Audio kept from before the speech onset, so the first syllable reaches ASR."""
 
     # Monitoring (spec §6)
-    prometheus_port: int = Field(9090, ge=1, le=65535)
-    grafana_port: int = Field(3001, ge=1, le=65535)
+    prometheus_port: Port = 9090
+    grafana_port: Port = 3001
 
     # Backend choice (voicebridge): the embedded trio runs on a laptop with no GPU
     asr_backend: AsrBackend = "embedded"
+    """`whispercpp` (WHISPER_URL) or `embedded` (faster-whisper in this process)."""
     llm_backend: LlmBackend = "embedded"
+    """`ollama`, `openai` (vLLM, llama.cpp server) or `embedded` (llama.cpp in this process)."""
     tts_backend: TtsBackend = "embedded"
+    """`http` (the Piper/Coqui `/synthesize` services) or `embedded` (Piper in this process)."""
     openai_url: str = "http://localhost:8000"
     openai_model: str = "default"
     openai_api_key: str = ""
-    embedded_asr_model: str = ""  # path to a CTranslate2 Whisper model; empty = the shipped tiny.en
-    embedded_llm_model: str = ""  # path to a GGUF file; empty = the shipped SmolLM2-135M-Instruct
-    backend_timeout_s: float = Field(10.0, gt=0)
-    inference_threads: int = Field(2, ge=1)
+    embedded_asr_model: str = ""
+    """Path to a CTranslate2 Whisper model; empty = the shipped tiny.en."""
+    embedded_llm_model: str = ""
+    """Path to a GGUF file; empty = the shipped SmolLM2-135M-Instruct."""
+    backend_timeout_s: Seconds = 10.0
+    inference_threads: Count = 2
 
     # Call behaviour (voicebridge)
     barge_in: bool = True
-    barge_in_threshold_db: float = Field(-24.0, le=0.0)
-    barge_in_min_speech_ms: int = Field(250, ge=20)
-    asr_speculative_silence_ms: int = Field(120, ge=0)  # 0 = no speculative ASR
+    barge_in_threshold_db: Decibels = -24.0
+    barge_in_min_speech_ms: SpeechMs = 250
+    asr_speculative_silence_ms: OptionalMs = 120
+    """Pause that starts a speculative transcription; 0 = no speculative ASR."""
 
     # SIP and RTP (voicebridge)
     sip_enabled: bool = True
     sip_host: str = "0.0.0.0"
-    sip_port: int = Field(5060, ge=1, le=65535)
+    sip_port: Port = 5060
     sip_public_host: str = ""  # address written into SDP/Contact; empty = guessed per request
     rtp_port_min: int = Field(10000, ge=1024, le=65535)
     rtp_port_max: int = Field(20000, ge=1024, le=65535)
-    rtp_timeout_s: float = Field(30.0, gt=0)
+    rtp_timeout_s: Seconds = 30.0
     jitter_playout_ms: int = Field(60, ge=0, le=1000)
 
     # WebRTC (voicebridge)
@@ -103,7 +131,7 @@ class Settings(BaseSettings):
 
     # Process (voicebridge)
     log_level: LogLevel = "INFO"
-    shutdown_grace_s: float = Field(5.0, gt=0)
+    shutdown_grace_s: Seconds = 5.0
     ws_max_frame_bytes: int = Field(65536, ge=1024)
 
     @field_validator("ice_servers", mode="before")

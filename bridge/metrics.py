@@ -17,6 +17,8 @@ The extras are named so they can never be mistaken for the spec's; the door ones
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -54,6 +56,7 @@ replies are instead of every percentile pinned at the 5 s bucket."""
 
 
 STAGES = ("asr", "llm", "tts")
+_M = TypeVar("_M", Counter, Gauge)
 BACKEND_ERROR_KINDS = ("timeout", "connect", "http", "malformed", "unavailable")
 
 
@@ -68,18 +71,14 @@ class Metrics:
             "pipeline_calls_active", "Currently active call sessions.", registry=r
         )
         self.calls_total = Counter("pipeline_calls_total", "Total calls processed.", registry=r)
-        self.stage_duration = Histogram(
+        self.stage_duration = self._latency(
             "pipeline_stage_duration_seconds",
             "Per-stage latency: ASR per utterance, LLM per reply stream, TTS per sentence.",
-            ["stage"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            "stage",
         )
-        self.e2e_duration = Histogram(
+        self.e2e_duration = self._latency(
             "pipeline_e2e_duration_seconds",
             "Last caller speech frame received to first bot audio handed to the door.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
         )
         self.errors = Counter(
             "pipeline_errors_total", "Error counts.", ["stage", "error_type"], registry=r
@@ -91,11 +90,8 @@ class Metrics:
             "vad_speech_segments_total", "Speech segments (utterances) detected.", registry=r
         )
         # --- voicebridge extras ---
-        self.llm_first_token = Histogram(
-            "pipeline_llm_first_token_seconds",
-            "LLM time to first token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+        self.llm_first_token = self._latency(
+            "pipeline_llm_first_token_seconds", "LLM time to first token."
         )
         self.audio_chunks_dropped = Counter(
             "pipeline_audio_chunks_dropped_total",
@@ -113,32 +109,26 @@ class Metrics:
         )
         for outcome in ("hit", "miss", "skipped"):
             self.asr_speculation.labels(outcome=outcome)
-        self.calls_rejected = Counter(
+        self.calls_rejected = self._per_door(
+            Counter,
             "pipeline_calls_rejected_total",
             "Calls refused at a door (over MAX_CONCURRENT_CALLS or shutting down).",
-            ["door"],
-            registry=r,
         )
-        self.rtp_packets_received = Counter(
-            "rtp_packets_received_total", "RTP packets received.", ["door"], registry=r
+        self.rtp_packets_received = self._per_door(
+            Counter, "rtp_packets_received_total", "RTP packets received."
         )
-        self.rtp_packets_lost = Counter(
-            "rtp_packets_lost_total",
-            "RTP packets lost (concealed by the jitter buffer).",
-            ["door"],
-            registry=r,
+        self.rtp_packets_lost = self._per_door(
+            Counter, "rtp_packets_lost_total", "RTP packets lost (concealed by the jitter buffer)."
         )
-        self.rtp_packets_late = Counter(
+        self.rtp_packets_late = self._per_door(
+            Counter,
             "rtp_packets_late_total",
             "RTP packets that arrived after their playout time.",
-            ["door"],
-            registry=r,
         )
-        self.jitter_buffer_depth = Gauge(
+        self.jitter_buffer_depth = self._per_door(
+            Gauge,
             "jitter_buffer_depth_frames",
             "Frames waiting in jitter buffers, summed over a door's calls.",
-            ["door"],
-            registry=r,
         )
 
         # Labelled series exist from the first scrape (at 0), so every spec metric is
@@ -147,6 +137,16 @@ class Metrics:
             self.stage_duration.labels(stage=stage)
             for kind in BACKEND_ERROR_KINDS:
                 self.errors.labels(stage=stage, error_type=kind)
+
+    def _per_door(self, kind: type[_M], name: str, documentation: str) -> _M:
+        """A counter or gauge on this registry with the `door` label (sip, webrtc, websocket)."""
+        return kind(name, documentation, ["door"], registry=self.registry)
+
+    def _latency(self, name: str, documentation: str, *labels: str) -> Histogram:
+        """A latency histogram on this registry, with the voice-latency buckets."""
+        return Histogram(
+            name, documentation, labels, buckets=LATENCY_BUCKETS, registry=self.registry
+        )
 
     def stage(self, stage: str, seconds: float) -> None:
         """Observe one stage duration (`stage` is asr, llm or tts)."""

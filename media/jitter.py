@@ -8,8 +8,8 @@ did. Playout is driven by RTP timestamps:
   then); the play clock then advances one frame per tick.
 * A packet whose slot has already been played is *late* (dropped); one whose
   sequence number was already seen is a *duplicate* (dropped).
-* A slot with no packet is concealed (`conceal`, e.g. Opus PLC; by default a
-  halving repeat of the last frame, for G.711) for at most `max_conceal_frames`
+* A slot with no packet is concealed by the stream's `media.codecs.Decoder`
+  (`conceal()`: Opus PLC, G.711 a fading repeat) for at most `max_conceal_frames`
   ticks, then silence.
 * Sequence numbers and timestamps are unwrapped (16 and 32 bits). A new
   packet whose timestamp does not fit the play clock (a timestamp jump, a new
@@ -35,27 +35,23 @@ decoder rejected with `ValueError` (concealed like a loss).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from media.rtp import RtpPacket
 
-__all__ = ["JitterBuffer", "JitterStats", "fade_repeat"]
+if TYPE_CHECKING:
+    from media.codecs import Decoder
+
+__all__ = ["JitterBuffer", "JitterStats"]
 
 Pcm = npt.NDArray[np.int16]
 
 _SEQ_RESTART = 1000  # a sequence gap larger than this starts a new numbering
 _MAX_SEQ_GAP_CONTINUE = 50  # re-base seamlessly across at most this many missing packets
-
-
-def fade_repeat(last: Pcm | None) -> Pcm | None:
-    """G.711 concealment: repeat the previous output frame at half amplitude (None: silence)."""
-    if last is None:
-        return None
-    return (last >> 1).astype(np.int16)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,23 +87,19 @@ class JitterBuffer:
         clock_rate: int,
         frame_samples: int,
         playout_delay_ms: int = 60,
-        decode: Callable[[bytes], Pcm] | None = None,
-        conceal: Callable[[Pcm | None], Pcm | None] | None = None,
         *,
+        decoder: Decoder,
         pcm_frame_samples: int | None = None,
         max_conceal_frames: int = 5,
         max_excess_ms: int = 100,
         jump_ms: int = 300,
     ) -> None:
-        if decode is None:
-            raise ValueError("JitterBuffer needs a decode callable")
         if clock_rate <= 0 or frame_samples <= 0:
             raise ValueError("clock_rate and frame_samples must be positive")
         self.clock_rate = clock_rate
         self.frame_samples = frame_samples
         self.pcm_frame_samples = pcm_frame_samples or frame_samples
-        self._decode = decode
-        self._conceal = conceal or fade_repeat
+        self._decoder = decoder
         self._delay = -(-playout_delay_ms * clock_rate // 1000 // frame_samples) * frame_samples
         self._max_conceal = max_conceal_frames
         self._excess = max_excess_ms * clock_rate // 1000
@@ -120,7 +112,6 @@ class JitterBuffer:
         self._old_ssrc: int | None = None
         self._play_ts = 0
         self._playing = False  # a packet has been played
-        self._last_pcm: Pcm | None = None
         self._conceal_run = 0
         # Sequence / timestamp state of the current SSRC.
         self._max_seq = 0
@@ -291,7 +282,7 @@ class JitterBuffer:
         decoded = None
         if payload is not None:
             try:
-                decoded = self._decode(payload)
+                decoded = self._decoder.decode(payload)
             except ValueError:  # a payload the codec rejects: conceal it like a loss
                 self._invalid += 1
         if decoded is not None:
@@ -301,11 +292,10 @@ class JitterBuffer:
         elif self._playing and self._conceal_run < self._max_conceal:
             self._conceal_run += 1
             self._concealed += 1
-            concealed = self._conceal(self._last_pcm)
+            concealed = self._decoder.conceal()
             pcm = self._silence.copy() if concealed is None else self._fit(concealed)
         else:
             pcm = self._silence.copy()
-        self._last_pcm = pcm
         return pcm
 
     def _fit(self, pcm: Pcm) -> Pcm:

@@ -12,6 +12,13 @@ With `pause_ms` > 0 (and below `silence_timeout_ms`), a confirmed utterance whos
 trailing silence reaches `pause_ms` also emits `SpeechPaused` once per pause,
 carrying the utterance so far, so a caller can start recognition early.
 
+Barge-in: while the bot speaks the caller's line carries its echo, so a VAD can be told
+`set_barge_in(True)` and then demands more before speech may interrupt the bot, with the
+levels it was given at construction: `EnergyVAD` raises its threshold to
+`barge_in_threshold_db` and its minimum speech to `barge_in_min_speech_ms`; `SileroVAD`
+(which has no dB threshold) marks a `SpeechStarted` whose last `barge_in_min_speech_ms` of
+audio is below `barge_in_threshold_db` as `interrupts=False`.
+
 All times are stream times in seconds: samples fed since construction or
 `reset()`, divided by the sample rate.
 """
@@ -22,7 +29,7 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +37,7 @@ import numpy.typing as npt
 __all__ = [
     "VAD",
     "EnergyVAD",
+    "Segmentation",
     "SileroVAD",
     "SpeechPaused",
     "SpeechStarted",
@@ -44,9 +52,13 @@ _FLOOR_DB = -120.0
 
 @dataclass(frozen=True, slots=True)
 class SpeechStarted:
-    """Speech confirmed (after `min_speech_ms`); `time_s` is the onset of its first frame."""
+    """Speech confirmed (after `min_speech_ms`); `time_s` is the onset of its first frame.
+
+    `interrupts` is False when barge-in is active and this speech is too quiet to interrupt
+    the bot (it is still an utterance)."""
 
     time_s: float
+    interrupts: bool = True
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -94,6 +106,10 @@ class VAD(Protocol):
         """Forget all state, including the stream clock."""
         ...
 
+    def set_barge_in(self, active: bool) -> None:
+        """Tell the VAD whether the bot is speaking now (so caller speech would barge in)."""
+        ...
+
 
 def rms_dbfs(frame: npt.NDArray[np.int16]) -> float:
     """RMS level of int16 PCM in dB relative to full scale (floor -120 dB)."""
@@ -106,36 +122,53 @@ def rms_dbfs(frame: npt.NDArray[np.int16]) -> float:
     return max(_FLOOR_DB, 10.0 * math.log10(mean_sq / (32768.0 * 32768.0)))
 
 
+class Segmentation(TypedDict, total=False):
+    """The segmenter's parameters, shared by every VAD. Defaults: `min_speech_ms` 250,
+    `silence_timeout_ms` 300, `pre_speech_ms` 200, `max_utterance_ms` 30000, `pause_ms` 0
+    (no `SpeechPaused`), no barge-in levels."""
+
+    min_speech_ms: int
+    silence_timeout_ms: int
+    pre_speech_ms: int
+    max_utterance_ms: int
+    pause_ms: int
+    barge_in_threshold_db: float | None
+    barge_in_min_speech_ms: int | None
+
+
 class _Segmenter:
     """The utterance state machine over fixed-size frames; subclasses decide speech."""
 
-    def __init__(
-        self,
-        sample_rate: int,
-        frame_samples: int,
-        min_speech_ms: int,
-        silence_timeout_ms: int,
-        pre_speech_ms: int,
-        max_utterance_ms: int,
-        pause_ms: int = 0,
-    ) -> None:
-        if sample_rate <= 0 or frame_samples <= 0:
+    def __init__(self, sample_rate: int, frame_samples: int, seg: Segmentation) -> None:
+        if min(sample_rate, frame_samples) <= 0:
             raise ValueError("sample_rate and frame size must be positive")
-        self.sample_rate = sample_rate
-        self.frame_samples = frame_samples
-        frame_ms = 1000.0 * frame_samples / sample_rate
-        self._frame_ms = frame_ms
-        self._min_speech_frames = max(1, math.ceil(min_speech_ms / frame_ms - 1e-9))
-        self._silence_frames = max(1, math.ceil(silence_timeout_ms / frame_ms - 1e-9))
-        self._pre_frames = max(0, math.ceil(pre_speech_ms / frame_ms - 1e-9))
-        self._max_frames = max(1, math.ceil(max_utterance_ms / frame_ms))
-        pause_frames = max(0, math.ceil(pause_ms / frame_ms - 1e-9))
+        self.sample_rate, self.frame_samples = sample_rate, frame_samples
+        self.barge_in_threshold_db = seg.get("barge_in_threshold_db")
+        """Barge-in level (None: the same as without barge-in)."""
+        self.barge_in_min_speech_ms = seg.get("barge_in_min_speech_ms")
+        """Barge-in minimum speech (None: the same as without barge-in)."""
+        self._frame_ms = 1000.0 * frame_samples / sample_rate
+        self._min_speech_frames = self._frames_in(seg.get("min_speech_ms", 250))
+        self._silence_frames = self._frames_in(seg.get("silence_timeout_ms", 300))
+        self._pre_frames = self._frames_in(seg.get("pre_speech_ms", 200), least=0)
+        self._max_frames = max(1, math.ceil(seg.get("max_utterance_ms", 30000) / self._frame_ms))
+        pause_frames = self._frames_in(seg.get("pause_ms", 0), least=0)
         self._pause_frames = pause_frames if pause_frames < self._silence_frames else 0
         self._pre: deque[npt.NDArray[np.int16]] = deque(maxlen=max(1, self._pre_frames))
         self._pending = np.zeros(0, np.int16)
         self._frames: list[npt.NDArray[np.int16]] = []
         self._frame_index = 0
+        self._barge_in = False
         self._clear_utterance()
+
+    def set_barge_in(self, active: bool) -> None:
+        """Barge-in mode on or off; subclasses apply their barge-in levels on a change."""
+        if active != self._barge_in:
+            self._barge_in = active
+            self._barge_in_changed(active)
+
+    def _barge_in_changed(self, active: bool) -> None:
+        """Subclass hook: barge-in mode was switched on (True) or off (False)."""
 
     @property
     def min_speech_ms(self) -> float:
@@ -145,7 +178,11 @@ class _Segmenter:
 
     @min_speech_ms.setter
     def min_speech_ms(self, value: float) -> None:
-        self._min_speech_frames = max(1, math.ceil(value / self._frame_ms - 1e-9))
+        self._min_speech_frames = self._frames_in(value)
+
+    def _frames_in(self, ms: float, least: int = 1) -> int:
+        """Whole frames needed to cover `ms` (at least `least`)."""
+        return max(least, math.ceil(ms / self._frame_ms - 1e-9))
 
     def _clear_utterance(self) -> None:
         self._frames = []
@@ -254,32 +291,33 @@ class _Segmenter:
 class EnergyVAD(_Segmenter):
     """Energy VAD of spec §5: a frame is speech when its RMS is at least `threshold_db` dBFS.
 
-    `threshold_db` may be changed at any time (e.g. raised while the bot speaks).
+    `threshold_db` may be changed at any time. In barge-in mode (`set_barge_in(True)`) the
+    threshold and the minimum speech are `barge_in_threshold_db` / `barge_in_min_speech_ms`
+    (each unchanged when None), and go back to what they were when it ends.
     """
 
     def __init__(
         self,
         sample_rate: int = 16000,
         threshold_db: float = -30.0,
-        min_speech_ms: int = 250,
-        silence_timeout_ms: int = 300,
-        pre_speech_ms: int = 200,
         frame_ms: int = 20,
-        max_utterance_ms: int = 30000,
-        pause_ms: int = 0,
+        **segmentation: Unpack[Segmentation],
     ) -> None:
         self.threshold_db = threshold_db
-        frame_samples = sample_rate * frame_ms // 1000
-        super().__init__(
-            sample_rate,
-            frame_samples,
-            min_speech_ms,
-            silence_timeout_ms,
-            pre_speech_ms,
-            max_utterance_ms,
-            pause_ms,
-        )
-        self._n = frame_samples
+        self._n = sample_rate * frame_ms // 1000
+        super().__init__(sample_rate, self._n, segmentation)
+        self._normal_levels: tuple[float | None, float | None] = (threshold_db, self.min_speech_ms)
+
+    def _barge_in_changed(self, active: bool) -> None:
+        levels = self._normal_levels
+        if active:
+            self._normal_levels = (self.threshold_db, self.min_speech_ms)
+            levels = (self.barge_in_threshold_db, self.barge_in_min_speech_ms)
+        threshold_db, min_speech_ms = levels
+        if threshold_db is not None:
+            self.threshold_db = threshold_db
+        if min_speech_ms is not None:
+            self.min_speech_ms = min_speech_ms
 
     def _is_speech(self, frame: npt.NDArray[np.int16]) -> bool:
         x = frame.astype(np.float32)
@@ -304,22 +342,22 @@ class SileroVAD(_Segmenter):
     """Silero VAD (the ONNX model shipped in faster-whisper) behind the same segmenter.
 
     Works on 512-sample (32 ms) windows at 16 kHz; a window is speech when the
-    network's probability is at least `threshold` (changeable at run time).
+    network's probability is at least `threshold` (changeable at run time). In barge-in
+    mode a `SpeechStarted` interrupts only when the last `barge_in_min_speech_ms` of the
+    audio fed (at most the last `RECENT_FEEDS` feeds) is at least `barge_in_threshold_db`
+    loud; with no `barge_in_threshold_db` every speech start interrupts.
     """
 
     WINDOW = 512
     CONTEXT = 64
+    RECENT_FEEDS = 16
 
     def __init__(
         self,
         sample_rate: int = 16000,
         threshold: float = 0.5,
-        min_speech_ms: int = 250,
-        silence_timeout_ms: int = 300,
-        pre_speech_ms: int = 200,
-        max_utterance_ms: int = 30000,
         model_path: str | None = None,
-        pause_ms: int = 0,
+        **segmentation: Unpack[Segmentation],
     ) -> None:
         if sample_rate != 16000:
             raise ValueError(f"SileroVAD needs 16000 Hz audio, got {sample_rate}")
@@ -337,20 +375,32 @@ class SileroVAD(_Segmenter):
         self._h = np.zeros((1, 1, 128), np.float32)
         self._c = np.zeros((1, 1, 128), np.float32)
         self.last_probability = 0.0
-        super().__init__(
-            sample_rate,
-            self.WINDOW,
-            min_speech_ms,
-            silence_timeout_ms,
-            pre_speech_ms,
-            max_utterance_ms,
-            pause_ms,
-        )
+        self._recent: deque[npt.NDArray[np.int16]] = deque(maxlen=self.RECENT_FEEDS)
+        super().__init__(sample_rate, self.WINDOW, segmentation)
+        self._gate_db = self.barge_in_threshold_db
+        gate_ms = self.barge_in_min_speech_ms or self.min_speech_ms
+        self._gate_samples = int(gate_ms * sample_rate / 1000)
+
+    def process(self, frame: npt.NDArray[np.int16]) -> list[VadEvent]:
+        """Feed audio of any length; return the events it completed (barge-in level gated)."""
+        if self._gate_db is None:
+            return super().process(frame)
+        self._recent.append(np.asarray(frame, dtype=np.int16).reshape(-1))
+        events = super().process(frame)
+        if self._barge_in and any(isinstance(e, SpeechStarted) for e in events):
+            recent = np.concatenate(list(self._recent))[-self._gate_samples :]
+            if rms_dbfs(recent) < self._gate_db:
+                events = [
+                    SpeechStarted(e.time_s, interrupts=False) if isinstance(e, SpeechStarted) else e
+                    for e in events
+                ]
+        return events
 
     def _reset_model(self) -> None:
         self._input[:] = 0.0
         self._h = np.zeros((1, 1, 128), np.float32)
         self._c = np.zeros((1, 1, 128), np.float32)
+        self._recent.clear()
 
     def _is_speech(self, frame: npt.NDArray[np.int16]) -> bool:
         inp = self._input

@@ -3,14 +3,24 @@
 `sip.uas.UserAgentServer` does the signalling (transactions, dialogs, SDP negotiation) and
 hands each call to a `CallApplication`; the application answers with media addresses and
 gets told when the dialog ends. No audio crosses this boundary.
+
+Codecs: `sip/` knows no audio, so the application says what it can carry
+(`CallApplication.supported_codecs()`, asked afresh for every offer). The UAS rejects an
+offer with nothing in that set (488, with a Warning) before the application sees it; the
+application picks its codec with the same rule, `sip.sdp.negotiate(offer, supported,
+prefer=codec in use)`, for the initial INVITE and re-INVITEs alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Direction = Literal["sendrecv", "sendonly", "recvonly", "inactive"]
+
+SupportedCodecs = Collection[tuple[str, int, int]]
+"""What an application carries: `(encoding name lower-cased, clock rate, channels)`."""
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,14 @@ class Dialog(Protocol):
 class CallApplication(Protocol):
     """Implemented by bridge/doors/sip.py."""
 
+    def supported_codecs(self) -> SupportedCodecs:
+        """The codecs this application can carry now; the UAS answers 488 to an offer
+        with none of them."""
+        ...
+
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
         """A new INVITE: allocate media and return the answer, or raise `SipReject`.
-        The UAS has already chosen nothing; `sip.sdp.choose_codec` helps pick."""
+        The offer holds at least one supported codec; `sip.sdp.negotiate` picks it."""
         ...
 
     async def on_established(self, dialog: Dialog) -> None:

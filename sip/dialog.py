@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from sip.api import CallInfo
 from sip.message import NameAddr, SipParseError, SipRequest, SipResponse, SipUri
@@ -14,6 +14,9 @@ from sip.sdp import SessionDescription
 from sip.transport import DEFAULT_PORT, Source, TransportName
 
 log = logging.getLogger("sip.dialog")
+
+DialogState = Literal["early", "confirmed", "terminated"]
+"""early: our 2xx went out, no ACK yet; confirmed: the ACK came; terminated: BYE or end."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class SipDialog:
     source: Source  # where the INVITE came from (TCP: the connection to reuse)
     host: DialogHost
     local_cseq: int = field(default_factory=lambda: secrets.randbelow(10000) + 1)
-    state: str = "early"  # early (2xx sent, no ACK yet) -> confirmed -> terminated
+    _state: DialogState = field(default="early", init=False)
     session_id: int = field(default_factory=lambda: secrets.randbelow(2**31))
     session_version: int = 1
     offer_sdp: SessionDescription | None = None
@@ -75,6 +78,26 @@ class SipDialog:
     def call_id(self) -> str:
         """The dialog's Call-ID."""
         return self.id.call_id
+
+    @property
+    def state(self) -> DialogState:
+        """Where the dialog is; only `confirm()` and `terminate()` move it."""
+        return self._state
+
+    def confirm(self) -> bool:
+        """The ACK for our first 2xx arrived: early -> confirmed. True only on that move
+        (a later ACK, or one after the end, changes nothing)."""
+        if self._state != "early":
+            return False
+        self._state = "confirmed"
+        return True
+
+    def terminate(self) -> bool:
+        """The dialog is over (BYE either way, no ACK, shutdown). True if it was not yet."""
+        if self._state == "terminated":
+            return False
+        self._state = "terminated"
+        return True
 
     def check_cseq(self, request: SipRequest) -> bool:
         """RFC 3261 §12.2.2: False when the request is out of order (answer 500)."""
@@ -129,18 +152,17 @@ class SipDialog:
     async def hangup(self) -> None:
         """Send BYE (the bridge ends the call). Idempotent; waits for the ACK first when
         our 2xx is still unacknowledged (RFC 3261 §15)."""
-        if self.state == "terminated" and self._hangup is None:
-            return
-        if self._hangup is None:
-            self._hangup = asyncio.create_task(self._send_bye(wait_for_ack=True))
-        await asyncio.shield(self._hangup)
+        await self._bye(True, "hangup")
 
     async def bye_now(self, reason: str = "shutdown") -> None:
         """Send BYE without waiting for an ACK (shutdown, or the ACK never came)."""
+        await self._bye(False, reason)
+
+    async def _bye(self, wait_for_ack: bool, reason: str) -> None:
         if self.state == "terminated" and self._hangup is None:
             return
         if self._hangup is None:
-            self._hangup = asyncio.create_task(self._send_bye(False, reason))
+            self._hangup = asyncio.create_task(self._send_bye(wait_for_ack, reason))
         await asyncio.shield(self._hangup)
 
     def abandon(self) -> None:
@@ -148,15 +170,14 @@ class SipDialog:
         if self._hangup is not None and not self._hangup.done():
             self._hangup.cancel()
 
-    async def _send_bye(self, wait_for_ack: bool, reason: str = "hangup") -> None:
+    async def _send_bye(self, wait_for_ack: bool, reason: str) -> None:
         if wait_for_ack and not self.acked.is_set():
             try:
                 await asyncio.wait_for(self.acked.wait(), self.ack_wait_s)
             except TimeoutError:
                 pass
-        if self.state == "terminated":
+        if not self.terminate():
             return
-        self.state = "terminated"
         log.info("call_id=%s sending BYE", self.call_id)
         response = await self.host.send_request(self, self.new_request("BYE"))
         status = response.status if response is not None else 0

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from sip.api import Codec, Direction, MediaAnswer, MediaOffer, SipReject
+from sip.api import Codec, Direction, MediaAnswer, MediaOffer, SipReject, SupportedCodecs
 
 DIRECTIONS: tuple[Direction, ...] = ("sendrecv", "sendonly", "recvonly", "inactive")
 
@@ -18,10 +18,6 @@ STATIC_PAYLOADS: dict[int, tuple[str, int, int]] = {
     18: ("G729", 8000, 1),
 }
 
-# What we can carry, in no particular order: the caller's order decides.
-SUPPORTED: frozenset[tuple[str, int, int]] = frozenset(
-    {("pcmu", 8000, 1), ("pcma", 8000, 1), ("opus", 48000, 2)}
-)
 RTP_PROFILES = frozenset({"RTP/AVP", "RTP/AVPF"})
 MAX_SDP_BYTES = 16384
 
@@ -198,21 +194,46 @@ def parse_offer(body: bytes | str) -> MediaOffer:
     return media_offer(parse_sdp(body))
 
 
-def choose_codec(offer: MediaOffer) -> tuple[Codec, Codec | None]:
-    """The first offered codec we support, plus telephone-event when offered at that
+def _same_format(a: Codec, b: Codec) -> bool:
+    return (
+        a.name.lower() == b.name.lower()
+        and a.clock_rate == b.clock_rate
+        and a.payload_type == b.payload_type
+    )
+
+
+def negotiate(
+    offer: MediaOffer,
+    supported: SupportedCodecs,
+    prefer: Codec | None = None,
+) -> tuple[Codec, Codec | None]:
+    """The codec to answer `offer` with, plus telephone-event when it is offered at that
     codec's clock rate (RFC 4733 §2.1; otherwise the answer carries no DTMF).
 
-    Raises `NoCommonCodec` (a `SipReject` with status 488) when nothing matches."""
+    `supported` holds `(encoding name lower-cased, clock rate, channels)` of what the
+    application can carry; the first offered codec in it wins (the caller's order decides).
+    `prefer`, the codec in use (re-INVITE), is kept while the offer still contains it.
+    Used alike for the initial INVITE and for re-INVITEs. Raises `NoCommonCodec` (a
+    `SipReject` with status 488) when nothing matches."""
     chosen: Codec | None = None
-    for codec in offer.codecs:
-        if (codec.name.lower(), codec.clock_rate, codec.channels) in SUPPORTED:
-            chosen = codec
-            break
+    if prefer is not None:
+        chosen = next((c for c in offer.codecs if _same_format(c, prefer)), None)
+    if chosen is None:
+        chosen = next(
+            (c for c in offer.codecs if (c.name.lower(), c.clock_rate, c.channels) in supported),
+            None,
+        )
     if chosen is None:
         names = ", ".join(f"{c.name}/{c.clock_rate}" for c in offer.codecs) or "none"
         raise NoCommonCodec(f"no common codec (offered: {names})")
-    events = [c for c in offer.codecs if c.name.lower() == "telephone-event"]
-    dtmf = next((c for c in events if c.clock_rate == chosen.clock_rate), None)
+    dtmf = next(
+        (
+            c
+            for c in offer.codecs
+            if c.name.lower() == "telephone-event" and c.clock_rate == chosen.clock_rate
+        ),
+        None,
+    )
     return chosen, dtmf
 
 
@@ -289,8 +310,3 @@ def build_answer(
             else:
                 lines.append(f"m={m.media} 0 {m.proto} {' '.join(m.formats[:1]) or '0'}")
     return ("\r\n".join(lines) + "\r\n").encode("ascii")
-
-
-def with_direction(answer: MediaAnswer, offered: Direction) -> MediaAnswer:
-    """`answer` with its direction negotiated against the offer's."""
-    return replace(answer, direction=negotiate_direction(offered, answer.direction))

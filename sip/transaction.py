@@ -14,8 +14,8 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Self
 
 from sip.message import SipRequest, SipResponse
 
@@ -121,53 +121,68 @@ class ManualScheduler:
 
 SendResponse = Callable[[SipResponse], None]
 
+InviteServerState = Literal["proceeding", "accepted", "completed", "confirmed", "terminated"]
+"""RFC 3261 §17.2.1 states, with RFC 6026's Accepted (a 2xx went out)."""
 
-class InviteServerTransaction:
+NonInviteServerState = Literal["trying", "proceeding", "completed", "terminated"]
+"""RFC 3261 §17.2.2 states."""
+
+
+@dataclass(eq=False)
+class _ServerTransaction:
+    """What both server transactions hold: the request, how responses go out, the timers."""
+
+    request: SipRequest
+    send: SendResponse
+    scheduler: Scheduler
+    timers: TimerConfig
+    reliable: bool  # TCP: no retransmissions to absorb or send
+    on_terminated: Callable[[Self], None]
+    last_response: SipResponse | None = field(default=None, init=False)
+    _handles: list[TimerHandle] = field(default_factory=list, init=False)
+
+    def _later(self, delay: float, callback: Callable[[], None]) -> None:
+        self._handles.append(self.scheduler.call_later(delay, callback))
+
+    def _cancel_timers(self) -> None:
+        for h in self._handles:
+            h.cancel()
+        self._handles.clear()
+
+
+@dataclass(eq=False)
+class InviteServerTransaction(_ServerTransaction):
     """RFC 3261 §17.2.1 (with RFC 6026's Accepted state for 2xx)."""
 
-    def __init__(
-        self,
-        request: SipRequest,
-        send: SendResponse,
-        scheduler: Scheduler,
-        timers: TimerConfig,
-        reliable: bool,
-        on_terminated: Callable[[InviteServerTransaction], None],
-    ) -> None:
-        self.request = request
-        self.state = "proceeding"
-        self.last_response: SipResponse | None = None
-        self.ack_timed_out = False
-        self._send = send
-        self._scheduler = scheduler
-        self._timers = timers
-        self._reliable = reliable
-        self._on_terminated = on_terminated
-        self._g_interval = timers.t1
-        self._handles: list[TimerHandle] = []
+    state: InviteServerState = field(default="proceeding", init=False)
+    ack_timed_out: bool = field(default=False, init=False)
+    _g_interval: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self._g_interval = self.timers.t1
 
     @property
     def final_sent(self) -> bool:
         """True once a final response went out."""
-        return self.state not in ("proceeding",)
+        return self.state != "proceeding"
 
     def respond(self, response: SipResponse) -> None:
         """Send a response from the TU and move the state machine."""
         if self.state != "proceeding":
             return
         self.last_response = response
-        self._send(response)
+        self.send(response)
         if response.status < 200:
             return
         if response.status < 300:
             # Accepted: retransmissions of the 2xx belong to the UAS core (TwoXxRetransmitter).
             self.state = "accepted"
-            self._later(self._timers.timeout, self._terminate)
+            self._later(self.timers.timeout, self._terminate)
             return
         self.state = "completed"
-        if not self._reliable:
+        if not self.reliable:
             self._later(self._g_interval, self._timer_g)
-        self._later(self._timers.timeout, self._timer_h)
+        self._later(self.timers.timeout, self._timer_h)
 
     def receive_request(self, request: SipRequest) -> None:
         """A retransmitted INVITE, or the ACK of a non-2xx final response."""
@@ -175,16 +190,16 @@ class InviteServerTransaction:
             if self.state == "completed":
                 self.state = "confirmed"
                 self._cancel_timers()
-                self._later(0.0 if self._reliable else self._timers.t4, self._terminate)
+                self._later(0.0 if self.reliable else self.timers.t4, self._terminate)
             return
         if self.state in ("proceeding", "completed", "accepted") and self.last_response:
-            self._send(self.last_response)
+            self.send(self.last_response)
 
     def _timer_g(self) -> None:
         if self.state != "completed" or self.last_response is None:
             return
-        self._send(self.last_response)
-        self._g_interval = min(2 * self._g_interval, self._timers.t2)
+        self.send(self.last_response)
+        self._g_interval = min(2 * self._g_interval, self.timers.t2)
         self._later(self._g_interval, self._timer_g)
 
     def _timer_h(self) -> None:
@@ -198,20 +213,12 @@ class InviteServerTransaction:
         """The status of the last response sent (0 when none)."""
         return self.last_response.status if self.last_response else 0
 
-    def _later(self, delay: float, callback: Callable[[], None]) -> None:
-        self._handles.append(self._scheduler.call_later(delay, callback))
-
-    def _cancel_timers(self) -> None:
-        for h in self._handles:
-            h.cancel()
-        self._handles.clear()
-
     def _terminate(self) -> None:
         if self.state == "terminated":
             return
         self.state = "terminated"
         self._cancel_timers()
-        self._on_terminated(self)
+        self.on_terminated(self)
 
     def close(self) -> None:
         """Stop every timer (server shutting down)."""
@@ -219,54 +226,36 @@ class InviteServerTransaction:
         self.state = "terminated"
 
 
-class NonInviteServerTransaction:
+@dataclass(eq=False)
+class NonInviteServerTransaction(_ServerTransaction):
     """RFC 3261 §17.2.2: absorbs retransmissions; timer J keeps it around after the answer."""
 
-    def __init__(
-        self,
-        request: SipRequest,
-        send: SendResponse,
-        scheduler: Scheduler,
-        timers: TimerConfig,
-        reliable: bool,
-        on_terminated: Callable[[NonInviteServerTransaction], None],
-    ) -> None:
-        self.request = request
-        self.state = "trying"
-        self.last_response: SipResponse | None = None
-        self._send = send
-        self._scheduler = scheduler
-        self._timers = timers
-        self._reliable = reliable
-        self._on_terminated = on_terminated
-        self._handle: TimerHandle | None = None
+    state: NonInviteServerState = field(default="trying", init=False)
 
     def respond(self, response: SipResponse) -> None:
         """Send a response from the TU."""
         if self.state in ("completed", "terminated"):
             return
         self.last_response = response
-        self._send(response)
+        self.send(response)
         if response.status < 200:
             self.state = "proceeding"
             return
         self.state = "completed"
-        delay = 0.0 if self._reliable else self._timers.timeout
-        self._handle = self._scheduler.call_later(delay, self._timer_j)
+        self._later(0.0 if self.reliable else self.timers.timeout, self._timer_j)
 
     def receive_request(self, request: SipRequest) -> None:
         """A retransmission: resend the last response, if any."""
         if self.state in ("proceeding", "completed") and self.last_response is not None:
-            self._send(self.last_response)
+            self.send(self.last_response)
 
     def _timer_j(self) -> None:
         self.state = "terminated"
-        self._on_terminated(self)
+        self.on_terminated(self)
 
     def close(self) -> None:
         """Stop the timer."""
-        if self._handle is not None:
-            self._handle.cancel()
+        self._cancel_timers()
         self.state = "terminated"
 
 

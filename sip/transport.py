@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sip.message import MAX_BODY_BYTES, MAX_HEAD_BYTES, SipMessage, Via, format_hostport
+from sip.tasks import TaskSet
 
 log = logging.getLogger("sip.transport")
 
@@ -203,7 +204,7 @@ class TransportLayer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._connections: dict[tuple[str, int], TcpConnection] = {}
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends = TaskSet("sip-transport", log)  # responses waiting for a TCP connection
         self.udp_port = 0
         self.tcp_port = 0
 
@@ -281,9 +282,7 @@ class TransportLayer:
             vias = message.get_all("Via")
             if vias:
                 dest = response_destination(Via.parse(vias[0]), reliable=True)
-                task = asyncio.get_running_loop().create_task(self._send_tcp_later(data, dest))
-                self._sends.add(task)
-                task.add_done_callback(self._sends.discard)
+                self._sends.spawn(self._send_tcp_later(data, dest), "tcp-response")
             return
         vias = message.get_all("Via")
         dest = response_destination(Via.parse(vias[0])) if vias else source.addr
@@ -299,7 +298,8 @@ class TransportLayer:
             log.info("call_id=- tcp response to %s failed: %s", format_hostport(*dest), exc)
 
     async def close(self) -> None:
-        """Close every socket."""
+        """Close every socket (and give up on responses still waiting for a connection)."""
+        await self._sends.cancel_all()
         if self._udp is not None:
             self._udp.close()
             self._udp = None

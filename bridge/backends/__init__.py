@@ -96,7 +96,7 @@ def build_backends(settings: Settings) -> Backends:
     if settings.asr_backend == "whispercpp":
         asr = WhisperCppASR(settings.whisper_url, timeout, settings.asr_pool_size)
     else:
-        asr = EmbeddedASR(settings.embedded_asr_model, threads, timeout)
+        asr = EmbeddedASR(settings.embedded_asr_model, threads=threads, timeout_s=timeout)
     llm: LLM
     if settings.llm_backend == "ollama":
         llm = OllamaLLM(
@@ -116,7 +116,12 @@ def build_backends(settings: Settings) -> Backends:
             settings.llm_pool_size,
         )
     else:
-        llm = EmbeddedLLM(settings.embedded_llm_model, settings.llm_max_tokens, threads, timeout)
+        llm = EmbeddedLLM(
+            settings.embedded_llm_model,
+            settings.llm_max_tokens,
+            threads=threads,
+            timeout_s=timeout,
+        )
     coqui = HttpTTS("coqui", settings.coqui_url, None, timeout, settings.tts_pool_size)
     piper: TTS
     if settings.tts_backend == "http":
@@ -124,5 +129,5 @@ def build_backends(settings: Settings) -> Backends:
             "piper", settings.piper_url, settings.piper_voice, timeout, settings.tts_pool_size
         )
     else:
-        piper = EmbeddedPiperTTS(settings.piper_voice, "", threads, timeout)
+        piper = EmbeddedPiperTTS(settings.piper_voice, threads=threads, timeout_s=timeout)
     return Backends(asr=asr, llm=llm, tts={"piper": piper, "coqui": coqui})

@@ -12,16 +12,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypedDict, TypeVar
 
 from bridge.backends.base import BackendError
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 T = TypeVar("T")
+M = TypeVar("M")
 
 
 def package_file(package: str, relative: str) -> Path | None:
@@ -85,20 +87,52 @@ class ModelRunner:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-class EmbeddedModel:
-    """`warmup` / `ready` / `aclose` for an in-process model loaded once on its worker."""
+class WorkerOptions(TypedDict, total=False):
+    """How an embedded model runs, the same for every one: `threads` for inference (default
+    2) and `timeout_s` allowed per request (default 10)."""
 
-    _runner: ModelRunner
+    threads: int
+    timeout_s: float
 
-    def _loaded(self) -> bool:
+
+class EmbeddedModel(Generic[M]):
+    """An in-process model loaded once on its own worker thread: the load-once lock and
+    `warmup` / `ready` / `aclose`. A subclass says how to build its model in `_create`."""
+
+    name: str
+
+    def __init__(
+        self, url: str, thread_name: str, *, threads: int = 2, timeout_s: float = 10.0
+    ) -> None:
+        self.url = url
+        self.threads = threads
+        self._runner = ModelRunner(self.name, url, thread_name, timeout_s)
+        self._model: M | None = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def timeout_s(self) -> float:
+        """The wait allowed per request."""
+        return self._runner.timeout_s
+
+    def _create(self) -> M:
+        """Build the model (on the worker thread, at most once); raise `BackendError`."""
         raise NotImplementedError
 
-    def _load(self) -> object:
-        raise NotImplementedError
+    def _load(self) -> M:
+        with self._load_lock:
+            if self._model is None:
+                self._model = self._create()
+            return self._model
+
+    async def run(self, work: Callable[[M], T]) -> T:
+        """Run `work(model)` on the worker, loading the model first if need be."""
+        await self.warmup()
+        return await self._runner.run(lambda: work(self._load()), self._runner.timeout_s)
 
     async def warmup(self) -> None:
         """Load the model (once)."""
-        if not self._loaded():
+        if self._model is None:
             await self._runner.run(self._load)
 
     async def ready(self) -> bool:

@@ -1,4 +1,5 @@
-"""Shared plumbing for the HTTP backends: one pooled httpx client each, one error mapping."""
+"""Shared plumbing for the HTTP backends: one base class (pooled client, readiness probe,
+close) and one error mapping."""
 
 from __future__ import annotations
 
@@ -65,3 +66,32 @@ async def probe(client: httpx.AsyncClient, url: str) -> bool:
 def join_url(base: str, path: str) -> str:
     """`base` without its trailing slash, then `path`."""
     return base.rstrip("/") + path
+
+
+class HttpBackend:
+    """A backend that is a client of one server: one pooled httpx client, `ready()` as a
+    GET on the server's `health_path`, nothing to warm up, `aclose()` closes the pool."""
+
+    name: str
+    health_path = "/"
+    """What the server answers with 2xx once it can serve (set by each subclass)."""
+
+    def __init__(self, url: str, endpoint_path: str, timeout_s: float, pool_size: int) -> None:
+        self.url = url
+        self.endpoint = join_url(url, endpoint_path)
+        self._client = make_client(timeout_s, pool_size)
+
+    def malformed(self, detail: str) -> BackendError:
+        """The error for a reply this backend cannot make sense of."""
+        return BackendError(self.name, self.endpoint, "malformed", detail)
+
+    async def ready(self) -> bool:
+        """True when the server answers `GET health_path` with 2xx."""
+        return await probe(self._client, join_url(self.url, self.health_path))
+
+    async def warmup(self) -> None:
+        """Nothing to load on this side."""
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()

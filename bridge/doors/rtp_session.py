@@ -6,17 +6,19 @@ RFC 4733 telephone-events become digits, audio goes into the clock-driven `Jitte
 Every 20 ms tick pops one frame (decoded or concealed), resamples it to 16 kHz with a
 `StreamResampler` and hands it to the call.
 
-Send: the bot's speech is resampled to the codec's rate once per sentence, cut into 20 ms
-frames and queued; every tick sends exactly one packet: the next queued frame, or comfort
-silence when the queue is empty (so NATs, PBX RTP timeouts and the far end's jitter buffer
-see a steady stream). The RTP timestamp advances one frame per tick whether or not a packet
-goes out (on hold), the marker bit is set on the first packet of each talkspurt, one SSRC
-per call.
+Send: the bot's speech goes into a `media.playout.Playout` (resampled to the codec's PCM
+rate once per sentence, cut into 20 ms frames); every tick sends exactly one packet: the next
+queued frame, or comfort silence when the queue is empty (so NATs, PBX RTP timeouts and the
+far end's jitter buffer see a steady stream). The RTP timestamp advances one frame per tick
+whether or not a packet goes out (on hold), the marker bit is set on the first packet of each
+talkspurt, one SSRC per call.
 
-The ticks come from one `MediaClock` per door, not a task per call: it wakes every 20 ms on
-an absolute monotonic schedule (`deadline += 20 ms`, so sleep overshoot never accumulates),
-and if the event loop stalls for more than `MAX_CATCH_UP` frames it resynchronises to now
-instead of bursting the missed packets.
+The ticks come from one `MediaClock` per door, not a task per call, paced by
+`media.playout.PacingClock`: an absolute 20 ms schedule that never drifts, and that
+resynchronises to now instead of bursting when the loop stalls beyond `MAX_CATCH_UP` frames.
+
+The codec comes from the registry (`media.codecs.codec_for_rtp`) for what SDP negotiated;
+packets carry the negotiated payload type, which may differ from the codec's default.
 """
 
 from __future__ import annotations
@@ -26,21 +28,20 @@ import contextlib
 import errno
 import logging
 import secrets
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from bridge.backends.base import Audio
 from bridge.contract import CALLER_RATE
+from media.codecs import AudioCodec, codec_for_rtp
 from media.dtmf import DtmfError, DtmfReceiver
-from media.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from media.jitter import JitterBuffer, JitterStats
-from media.opus import OpusDecoder, OpusEncoder
-from media.resample import StreamResampler, resample
+from media.playout import FRAME_MS, MAX_CATCH_UP, PacingClock, Playout
+from media.resample import StreamResampler
 from media.rtp import RtpError, RtpPacket, parse_rtp
 from sip.api import Codec, Direction
 
@@ -50,87 +51,20 @@ __all__ = [
     "MediaClock",
     "RtpSession",
     "RtpStats",
-    "UnsupportedCodec",
     "bind_rtp_port",
-    "make_codec",
+    "codec_of",
 ]
 
 log = logging.getLogger("bridge.doors.rtp")
-
-FRAME_MS = 20
-MAX_CATCH_UP = 3
-"""Missed ticks the clock still runs back to back; beyond this it resynchronises."""
 
 Pcm = npt.NDArray[np.int16]
 _UNSPECIFIED = ("0.0.0.0", "::", "")
 _RTCP_TYPES = (192, 223)  # second byte of RTCP (SR 200 ... ) seen as an RTP header
 
 
-class UnsupportedCodec(ValueError):
-    """The negotiated codec has no encoder/decoder here."""
-
-
-class AudioCodec(Protocol):
-    """Encoder and decoder of one negotiated payload format, 20 ms frames."""
-
-    payload_type: int
-    clock_rate: int  # RTP timestamp rate
-    pcm_rate: int  # rate of the PCM it decodes to and encodes from
-    frame_samples: int  # RTP timestamp units per 20 ms
-
-    def decode(self, payload: bytes) -> Pcm: ...
-
-    def conceal(self, last: Pcm | None) -> Pcm | None: ...
-
-    def encode(self, frame: Pcm) -> bytes: ...
-
-
-class _G711:
-    def __init__(self, payload_type: int, alaw: bool) -> None:
-        self.payload_type = payload_type
-        self.clock_rate = self.pcm_rate = 8000
-        self.frame_samples = 160
-        self._decode = alaw_decode if alaw else ulaw_decode
-        self._encode = alaw_encode if alaw else ulaw_encode
-
-    def decode(self, payload: bytes) -> Pcm:
-        return self._decode(payload)
-
-    def conceal(self, last: Pcm | None) -> Pcm | None:
-        return None if last is None else (last >> 1).astype(np.int16)
-
-    def encode(self, frame: Pcm) -> bytes:
-        return self._encode(frame)
-
-
-class _Opus:
-    def __init__(self, payload_type: int) -> None:
-        self.payload_type = payload_type
-        self.clock_rate = self.pcm_rate = 48000
-        self.frame_samples = 960
-        self._decoder = OpusDecoder(channels=1)
-        self._encoder = OpusEncoder()
-
-    def decode(self, payload: bytes) -> Pcm:
-        return self._decoder.decode(payload)  # OpusError is a ValueError: concealed
-
-    def conceal(self, last: Pcm | None) -> Pcm | None:
-        return self._decoder.conceal()
-
-    def encode(self, frame: Pcm) -> bytes:
-        return self._encoder.encode(frame)
-
-
-def make_codec(codec: Codec) -> AudioCodec:
-    """Encoder/decoder for a negotiated `sip.api.Codec` (PCMU, PCMA, opus/48000)."""
-    name = codec.name.lower()
-    if name == "pcmu" and codec.clock_rate == 8000:
-        return _G711(codec.payload_type, alaw=False)
-    if name == "pcma" and codec.clock_rate == 8000:
-        return _G711(codec.payload_type, alaw=True)
-    if name == "opus" and codec.clock_rate == 48000:
-        return _Opus(codec.payload_type)
-    raise UnsupportedCodec(f"no codec for {codec.name}/{codec.clock_rate}")
+def codec_of(codec: Codec) -> AudioCodec:
+    """The registry's codec for a negotiated `sip.api.Codec`; raises `UnsupportedCodec`."""
+    return codec_for_rtp(codec.name, codec.clock_rate, codec.channels)
 
 
 @dataclass
@@ -138,16 +72,23 @@ class RtpStats:
     """Per-call counters (read by the door for metrics and by tests)."""
 
     received: int = 0
+    """Packets accepted (audio and telephone-events)."""
     malformed: int = 0
+    """Datagrams that are not RTP, or telephone-events that do not parse."""
     foreign: int = 0
+    """Packets from an address other than the latched source."""
     unknown_payload: int = 0
+    """Packets of a payload type that was not negotiated."""
     dtmf_packets: int = 0
     sent: int = 0
+    """Packets sent (bot audio and comfort silence)."""
     audio_sent: int = 0
     frames_fed: int = 0
+    """20 ms frames of caller audio handed to the call."""
     resyncs: int = 0
     send_errors: int = 0
     rtcp: int = 0
+    """rtcp-mux'd reports received (counted, not used)."""
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -227,7 +168,6 @@ class RtpSession:
         self._playout_ms = playout_ms
         self._latched: tuple[str, int] | None = None
         self._dtmf = DtmfReceiver()
-        self._out: deque[Pcm] = deque()
         self._drained = asyncio.Event()
         self._drained.set()
         self._ssrc = secrets.randbits(32)
@@ -245,16 +185,17 @@ class RtpSession:
     def _use_codec(self, codec: Codec) -> None:
         """Set up everything that depends on the codec (at start and on a codec change)."""
         self.codec_info = codec
-        self.codec = make_codec(codec)
-        self._pcm_frame = self.codec.pcm_rate * FRAME_MS // 1000
-        self._silence = np.zeros(self._pcm_frame, np.int16)
+        self.codec = codec_of(codec)
+        self.payload_type = codec.payload_type  # the negotiated one, not the codec's default
+        self._encoder = self.codec.encoder()
+        self._playout = Playout(self.codec.pcm_rate, FRAME_MS)
+        self._silence = np.zeros(self._playout.frame_samples, np.int16)
         self._jitter = JitterBuffer(
             self.codec.clock_rate,
             self.codec.frame_samples,
             self._playout_ms,
-            decode=self.codec.decode,
-            conceal=self.codec.conceal,
-            pcm_frame_samples=self._pcm_frame,
+            decoder=self.codec.decoder(),
+            pcm_frame_samples=self._playout.frame_samples,
         )
         self._to_caller = StreamResampler(self.codec.pcm_rate, CALLER_RATE)
         self._started = False  # first audio packet of this codec received
@@ -265,7 +206,7 @@ class RtpSession:
         stream (SSRC, sequence) continues and the next packet carries the marker bit."""
         self.dtmf_pt = dtmf.payload_type if dtmf is not None else None
         if codec != self.codec_info:
-            make_codec(codec)  # raises UnsupportedCodec before anything changes
+            codec_of(codec)  # raises UnsupportedCodec before anything changes
             old_rate = self.codec.clock_rate
             self._use_codec(codec)
             self._sent_any = False
@@ -290,7 +231,7 @@ class RtpSession:
             self.stats.malformed += 1
             return
         pt = packet.payload_type
-        if pt != self.codec.payload_type and pt != self.dtmf_pt:
+        if pt != self.payload_type and pt != self.dtmf_pt:
             self.stats.unknown_payload += 1
             return
         if self._latched is None:
@@ -331,24 +272,13 @@ class RtpSession:
 
     def enqueue(self, audio: Audio) -> None:
         """Queue one sentence of bot speech (any rate) as 20 ms frames at the codec rate."""
-        pcm = np.asarray(audio.pcm, dtype=np.int16).reshape(-1)
-        if pcm.size == 0:
-            return
-        if audio.sample_rate != self.codec.pcm_rate:
-            pcm = resample(pcm, audio.sample_rate, self.codec.pcm_rate)
-        n = self._pcm_frame
-        whole = len(pcm) // n * n
-        for i in range(0, whole, n):
-            self._out.append(pcm[i : i + n])
-        if whole < len(pcm):
-            last = np.zeros(n, np.int16)
-            last[: len(pcm) - whole] = pcm[whole:]
-            self._out.append(last)
-        self._drained.clear()
+        self._playout.push(audio.pcm, audio.sample_rate)
+        if not self._playout.drained:
+            self._drained.clear()
 
     def clear(self) -> None:
         """Barge-in: drop queued bot audio; the next audio starts a new talkspurt."""
-        self._out.clear()
+        self._playout.clear()
         self._drained.set()
 
     async def drained(self, timeout_s: float) -> bool:
@@ -362,7 +292,7 @@ class RtpSession:
     @property
     def queued_ms(self) -> int:
         """Bot audio waiting to be sent."""
-        return len(self._out) * FRAME_MS
+        return self._playout.queued_ms
 
     def _send_frame(self) -> None:
         ts = self._ts
@@ -371,9 +301,10 @@ class RtpSession:
             self._talking = False
             self.clear()
             return
-        if self._out:
-            frame, talking = self._out.popleft(), True
-            if not self._out:
+        queued = self._playout.pop()
+        if queued is not None:
+            frame, talking = queued, True
+            if self._playout.drained:
                 self._drained.set()
         elif self.comfort_silence:
             frame, talking = self._silence, False
@@ -383,7 +314,7 @@ class RtpSession:
         marker = not self._sent_any or (talking and not self._talking)
         self._talking = talking
         packet = RtpPacket(
-            self.codec.payload_type, self._seq, ts, self._ssrc, self.codec.encode(frame), marker
+            self.payload_type, self._seq, ts, self._ssrc, self._encoder.encode(frame), marker
         )
         self._seq = (self._seq + 1) & 0xFFFF
         self._sent_any = True
@@ -456,15 +387,14 @@ class RtpSession:
             self.transport.close()
 
 
-class MediaClock:
-    """Ticks every registered session each 20 ms from one task, on an absolute schedule."""
+class MediaClock(PacingClock):
+    """Ticks every registered session each 20 ms from one task, on the `PacingClock`
+    schedule (`resyncs` and `late_ticks` count its stalls)."""
 
     def __init__(self, period_s: float = FRAME_MS / 1000) -> None:
-        self.period_s = period_s
+        super().__init__(period_s, MAX_CATCH_UP)
         self.sessions: set[RtpSession] = set()
-        self.resyncs = 0
         self.ticks = 0
-        self.late_ticks = 0
         self.ticks_per_second = max(1, round(1 / period_s))
         self.on_second: Callable[[], None] | None = None
         """Called about once a second from the clock task (e.g. to update metrics)."""
@@ -482,22 +412,15 @@ class MediaClock:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time()
+        self.start(loop.time())
         while True:
-            deadline += self.period_s
-            delay = deadline - loop.time()
+            delay = self.advance() - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             now = loop.time()
-            behind = int((now - deadline) / self.period_s)
-            skipped = 0
-            if behind > MAX_CATCH_UP:
-                skipped = behind
-                deadline += behind * self.period_s
-                self.resyncs += 1
-                log.warning("media clock %d ms behind: resynchronised", behind * 20)
-            elif behind > 0:
-                self.late_ticks += 1
+            skipped = self.catch_up(now)
+            if skipped:
+                log.warning("media clock %d ms behind: resynchronised", skipped * FRAME_MS)
             self.ticks += 1
             for session in list(self.sessions):
                 try:

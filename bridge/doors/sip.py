@@ -15,19 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from bridge.backends.base import Audio
-from bridge.config import Settings
-from bridge.contract import CallHandle, CallLimitExceeded, CallOptions, CallSink, Event
-from bridge.doors.rtp_session import MediaClock, RtpSession, UnsupportedCodec, bind_rtp_port
+from bridge.config import TTS_ENGINES, Settings
+from bridge.contract import (
+    CallHandle,
+    CallLimitExceeded,
+    CallOpener,
+    Event,
+    parse_call_options,
+)
+from bridge.doors.rtp_session import MediaClock, RtpSession, bind_rtp_port
 from bridge.metrics import Metrics
+from media import codecs as media_codecs
+from media.codecs import UnsupportedCodec
 from sip.api import CallInfo, Dialog, Direction, MediaAnswer, MediaOffer, SipReject
-from sip.sdp import choose_codec, negotiate_direction
+from sip.sdp import negotiate, negotiate_direction
+from sip.tasks import TaskSet
 from sip.uas import UserAgentServer
 
-__all__ = ["CallOpener", "SipDoor", "SipService", "start_sip"]
+__all__ = ["SipDoor", "SipService", "start_sip"]
 
 log = logging.getLogger("bridge.doors.sip")
 
@@ -47,12 +56,6 @@ def _our_direction(offer: MediaOffer) -> Direction:
     if offer.port == 0 or offer.address in _UNSPECIFIED:
         return "recvonly" if direction in ("sendrecv", "recvonly") else "inactive"
     return direction
-
-
-class CallOpener(Protocol):
-    """What the door needs from `bridge.calls.CallManager`."""
-
-    async def open(self, options: CallOptions, sink: CallSink) -> CallHandle: ...
 
 
 class _Sink:
@@ -96,6 +99,13 @@ class _Sink:
         if self._session is not None:
             self._session.clear()
 
+    def playing_until(self) -> float:
+        """Now plus the bot audio still queued for the media clock (and not yet bound)."""
+        queued_s = sum(audio.duration_s for audio in self._early)
+        if self._session is not None:
+            queued_s += self._session.queued_ms / 1000.0
+        return time.monotonic() + queued_s
+
     async def hangup(self, reason: str) -> None:
         """The bridge ends the call: BYE through the dialog once the queued audio has played
         (a goodbye is not cut off; not on shutdown), or at the ACK if it has not come yet."""
@@ -111,7 +121,7 @@ class _SipCall:
     handle: CallHandle
     dialog: Dialog | None = None
     ending: bool = False
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    tasks: TaskSet = field(default_factory=lambda: TaskSet("sip-call", log))
 
 
 class SipDoor:
@@ -140,12 +150,25 @@ class SipDoor:
 
     # ------------------------------------------------------------ CallApplication
 
+    def supported_codecs(self) -> frozenset[tuple[str, int, int]]:
+        """What the media codec registry carries now, as `sip.sdp.negotiate` wants it."""
+        return frozenset(
+            (c.encoding_name.lower(), c.clock_rate, c.channels) for c in media_codecs.supported()
+        )
+
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
         """Open the call, choose the codec, bind the RTP port, answer."""
-        codec, dtmf = choose_codec(offer)  # NoCommonCodec is a SipReject(488)
+        codec, dtmf = negotiate(offer, self.supported_codecs())  # NoCommonCodec: 488
         sink = _Sink(self, info)
         try:
-            handle = await self.calls.open(CallOptions(door="sip", call_id=info.call_id), sink)
+            options = parse_call_options(
+                {},
+                TTS_ENGINES,
+                door="sip",
+                default_engine=self.settings.default_tts_engine,
+                call_id=info.call_id,
+            )
+            handle = await self.calls.open(options, sink)
         except CallLimitExceeded as exc:
             self.rejected += 1
             log.info("call_id=%s 503: %s", info.call_id, exc)
@@ -214,24 +237,8 @@ class SipDoor:
         call = self.active.get(dialog.info.call_id)
         if call is None:
             raise SipReject(481, "Call/Transaction Does Not Exist")
-        current = call.session.codec_info
-        same = next(
-            (
-                c
-                for c in offer.codecs
-                if c.name.lower() == current.name.lower()
-                and c.clock_rate == current.clock_rate
-                and c.payload_type == current.payload_type
-            ),
-            None,
-        )
-        if same is not None:  # keep the codec we have while it is still offered
-            codec, dtmf = (
-                same,
-                next((c for c in offer.codecs if c.name.lower() == "telephone-event"), None),
-            )
-        else:
-            codec, dtmf = choose_codec(offer)  # a codec change, or 488
+        # the codec in use is kept while still offered; else a codec change, or 488
+        codec, dtmf = negotiate(offer, self.supported_codecs(), prefer=call.session.codec_info)
         try:
             call.session.change_codec(codec, dtmf)
         except UnsupportedCodec as exc:
@@ -317,9 +324,7 @@ class SipDoor:
         call = self.active.get(call_id)
         if call is None:
             return
-        task = asyncio.get_running_loop().create_task(self.end_call(call_id, reason))
-        call.tasks.add(task)
-        task.add_done_callback(call.tasks.discard)
+        call.tasks.spawn(self.end_call(call_id, reason), f"end-{call_id}")
 
     def _count(self, call: _SipCall) -> None:
         """Add what a call's RTP counters gained since the last report to the door metrics."""

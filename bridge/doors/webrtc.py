@@ -7,7 +7,7 @@ resampled to 16 kHz and fed to the pipeline; the bot's speech goes back on `BotA
 paced in real time with silence between turns; pipeline events go to the page on the data
 channel the page opened (label "events") as the WebSocket door's JSON. Either side hangs up:
 the page with a "hangup" message or by closing the connection, the bridge with
-`CallSink.hangup`. The door also serves the built page (`bridge/web/dist`) at `/`.
+`CallSink.hangup`. The page itself is served by `bridge.web_page`.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
-import inspect
 import json
 import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -40,14 +38,22 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from bridge.backends.base import Audio
-from bridge.config import Settings, TtsEngine
-from bridge.contract import CALLER_RATE, CallHandle, CallLimitExceeded, CallOptions, Event, Mode
-from media.resample import StreamResampler, resample
+from bridge.config import TTS_ENGINES, Settings
+from bridge.contract import (
+    CALLER_RATE,
+    CallHandle,
+    CallLimitExceeded,
+    CallOpener,
+    CallOptions,
+    Event,
+    InvalidCallOptions,
+    parse_call_options,
+)
+from media.playout import PacingClock, Playout
+from media.resample import StreamResampler
+from sip.tasks import TaskSet
 
 log = logging.getLogger(__name__)
-
-WEB_DIST: Final = Path(__file__).resolve().parent.parent / "web" / "dist"
-"""Where `make web` (scripts/build-web.sh) puts the built page."""
 
 BOT_RATE: Final = 48000
 """Sample rate of the outbound track (Opus's native rate)."""
@@ -58,14 +64,6 @@ CONNECT_TIMEOUT_S: Final = 20.0
 MAX_PENDING_EVENTS: Final = 512
 """Events kept while the page's data channel is not open yet; older ones are dropped."""
 EVENTS_LABEL: Final = "events"
-
-
-class CallOpener(Protocol):
-    """The part of `bridge.calls.CallManager` the door uses (its `open` may be sync or async)."""
-
-    def open(self, options: CallOptions, sink: Any) -> Any:
-        """Open a call; raise `CallLimitExceeded` when full."""
-        ...
 
 
 def ice_servers(urls: list[str]) -> list[RTCIceServer]:
@@ -113,49 +111,51 @@ def _mono_int16(frame: AudioFrame) -> npt.NDArray[np.int16]:
 
 
 class BotAudioTrack(MediaStreamTrack):
-    """The outbound audio track: 20 ms 48 kHz mono frames paced by the wall clock, the bot's
-    queued speech when there is some, silence otherwise."""
+    """The outbound audio track: 20 ms 48 kHz mono frames paced by the wall clock
+    (`media.playout.PacingClock`), the bot's queued speech (`media.playout.Playout`) when
+    there is some, silence otherwise."""
 
     kind = "audio"
 
     def __init__(self) -> None:
         super().__init__()
-        self._chunks: deque[npt.NDArray[np.int16]] = deque()
-        self._offset = 0
+        self._playout = Playout(BOT_RATE)
+        self._pacing = PacingClock()
         self._pts = 0
-        self._clock_start: float | None = None
         self._time_base = fractions.Fraction(1, BOT_RATE)
         self.samples_sent = 0
         """Bot (non-silence) samples handed to the encoder so far."""
 
-    def push(self, pcm48k: npt.NDArray[np.int16]) -> None:
-        """Queue bot speech at 48 kHz."""
-        if pcm48k.size:
-            self._chunks.append(pcm48k)
+    def push(self, pcm: npt.NDArray[np.int16], rate: int = BOT_RATE) -> None:
+        """Queue one sentence of bot speech at `rate` (resampled to 48 kHz)."""
+        self._playout.push(pcm, rate)
 
     def clear(self) -> None:
         """Drop queued speech (barge-in); silence follows from the next frame."""
-        self._chunks.clear()
-        self._offset = 0
+        self._playout.clear()
+
+    @property
+    def queued_ms(self) -> int:
+        """Bot speech waiting to be sent."""
+        return self._playout.queued_ms
 
     @property
     def queued_samples(self) -> int:
         """Bot speech waiting to be sent, in 48 kHz samples."""
-        return sum(len(c) for c in self._chunks) - self._offset
+        return self._playout.queued_ms * BOT_RATE // 1000
 
     async def recv(self) -> AudioFrame:
         """The next 20 ms frame, released at its wall-clock time."""
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._clock_start is None:
-            self._clock_start = now - self._pts / BOT_RATE
-        delay = self._clock_start + self._pts / BOT_RATE - now
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif delay < -0.2:
-            # the loop stalled: restart the clock instead of bursting to catch up
-            self._clock_start = now - self._pts / BOT_RATE
+        if not self._pacing.started:
+            self._pacing.start(time.monotonic())
+        else:
+            delay = self._pacing.advance() - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            # after a stall the schedule restarts from now; pts stays contiguous
+            self._pacing.catch_up(time.monotonic())
         frame = AudioFrame.from_ndarray(self._take().reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = BOT_RATE
         frame.pts = self._pts
@@ -164,19 +164,11 @@ class BotAudioTrack(MediaStreamTrack):
         return frame
 
     def _take(self) -> npt.NDArray[np.int16]:
-        out = np.zeros(FRAME_SAMPLES, np.int16)
-        filled = 0
-        while filled < FRAME_SAMPLES and self._chunks:
-            chunk = self._chunks[0]
-            n = min(FRAME_SAMPLES - filled, len(chunk) - self._offset)
-            out[filled : filled + n] = chunk[self._offset : self._offset + n]
-            filled += n
-            self._offset += n
-            if self._offset >= len(chunk):
-                self._chunks.popleft()
-                self._offset = 0
-        self.samples_sent += filled
-        return out
+        frame = self._playout.pop()
+        if frame is None:
+            return np.zeros(FRAME_SAMPLES, np.int16)
+        self.samples_sent += len(frame)
+        return frame
 
 
 class WebRtcSession:
@@ -201,7 +193,7 @@ class WebRtcSession:
         self._closing = False
         self._channel: RTCDataChannel | None = None
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(f"webrtc-{self.call_id}", log)
         self._connected = asyncio.Event()
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
@@ -219,14 +211,15 @@ class WebRtcSession:
 
     async def send_audio(self, audio: Audio) -> None:
         """Queue one sentence of bot speech, resampled to 48 kHz."""
-        pcm = np.asarray(audio.pcm, dtype=np.int16)
-        if audio.sample_rate != BOT_RATE:
-            pcm = resample(pcm, audio.sample_rate, BOT_RATE)
-        self.outbound.push(pcm)
+        self.outbound.push(audio.pcm, audio.sample_rate)
 
     def clear_audio(self) -> None:
         """Barge-in: drop bot speech not yet sent."""
         self.outbound.clear()
+
+    def playing_until(self) -> float:
+        """Now plus the bot speech the outbound track still has queued."""
+        return time.monotonic() + self.outbound.queued_ms / 1000.0
 
     async def hangup(self, reason: str) -> None:
         """The bridge ends the call: tell the page, then close the connection."""
@@ -246,7 +239,7 @@ class WebRtcSession:
         self._closing = True
         log.info("webrtc call %s closing: %s", self.call_id, reason)
         current = asyncio.current_task()
-        for task in list(self._tasks):
+        for task in self._tasks:
             if task is not current:
                 task.cancel()
         try:
@@ -262,15 +255,8 @@ class WebRtcSession:
             if self._on_closed is not None:
                 self._on_closed(self)
 
-    def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("webrtc call %s: task failed", self.call_id, exc_info=task.exception())
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.spawn(coro, getattr(coro, "__name__", "task"))
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -340,21 +326,15 @@ class WebRtcSession:
         self._spawn(self.close("caller track ended"))
 
 
-_ENGINES: Final[dict[str, TtsEngine]] = {"piper": "piper", "coqui": "coqui"}
-_MODES: Final[dict[str, Mode]] = {
-    "conversation": "conversation",
-    "transcribe_only": "transcribe_only",
-}
 _DOOR_KEY: Final = web.AppKey("voicebridge_webrtc_door", object)
 
 
 class WebRtcDoor:
-    """Signalling endpoints, the static page and the set of live sessions."""
+    """Signalling endpoints and the set of live sessions."""
 
-    def __init__(self, calls: CallOpener, settings: Settings, web_root: Path = WEB_DIST) -> None:
+    def __init__(self, calls: CallOpener, settings: Settings) -> None:
         self.calls = calls
         self.settings = settings
-        self.web_root = web_root
         self.sessions: set[WebRtcSession] = set()
         self.connect_timeout_s = CONNECT_TIMEOUT_S
         """Seconds a new peer connection has to reach "connected"."""
@@ -376,7 +356,7 @@ class WebRtcDoor:
         return web.json_response(
             {
                 "iceServers": servers,
-                "ttsEngines": ["piper", "coqui"],
+                "ttsEngines": list(TTS_ENGINES),
                 "defaultTtsEngine": self.settings.default_tts_engine,
             }
         )
@@ -395,8 +375,7 @@ class WebRtcDoor:
         pc = RTCPeerConnection(configuration=self.configuration())
         session = WebRtcSession(pc, options, on_closed=self.sessions.discard)
         try:
-            opened = self.calls.open(options, session)
-            handle: CallHandle = await opened if inspect.isawaitable(opened) else opened
+            handle = await self.calls.open(options, session)
         except CallLimitExceeded:
             await pc.close()
             return _error(503, "too many calls, try again later")
@@ -429,13 +408,13 @@ class WebRtcDoor:
             return "missing 'sdp' (the browser's SDP offer)", None
         if body.get("type", "offer") != "offer":
             return "'type' must be 'offer'", None
-        engine = _ENGINES.get(str(body.get("tts_engine") or self.settings.default_tts_engine))
-        if engine is None:
-            return "'tts_engine' must be 'piper' or 'coqui'", None
-        mode = _MODES.get(str(body.get("mode") or "conversation"))
-        if mode is None:
-            return "'mode' must be 'conversation' or 'transcribe_only'", None
-        return "", CallOptions(door="webrtc", mode=mode, tts_engine=engine)
+        try:
+            options = parse_call_options(
+                body, TTS_ENGINES, door="webrtc", default_engine=self.settings.default_tts_engine
+            )
+        except InvalidCallOptions as exc:
+            return str(exc), None
+        return "", options
 
     async def shutdown(self, app: web.Application | None = None) -> None:
         """Close every live call (registered on `app.on_shutdown`)."""
@@ -449,45 +428,16 @@ class WebRtcDoor:
             for task in pending:
                 task.cancel()
 
-    async def handle_index(self, request: web.Request) -> web.StreamResponse:
-        """`GET /`: the page, or a 503 page that says how to build it."""
-        index = self.web_root / "index.html"
-        if not index.is_file():
-            return web.Response(status=503, text=_NOT_BUILT, content_type="text/html")
-        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
-
-    async def handle_asset(self, request: web.Request) -> web.StreamResponse:
-        """`GET /assets/...`: the page's hashed bundles (cached for good)."""
-        assets = (self.web_root / "assets").resolve()
-        path = (assets / request.match_info["path"]).resolve()
-        if not path.is_relative_to(assets) or not path.is_file():
-            raise web.HTTPNotFound()
-        return web.FileResponse(
-            path, headers={"Cache-Control": "public, max-age=31536000, immutable"}
-        )
-
-
-_NOT_BUILT: Final = """<!doctype html><html><head><meta charset="utf-8">
-<title>voicebridge: page not built</title></head><body>
-<h1>The browser page is not built</h1>
-<p>Run <code>make web</code> (or <code>make install</code>) to build <code>bridge/web/dist</code>,
-then reload. The WebSocket and SIP doors work without it.</p></body></html>
-"""
-
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def register(
-    app: web.Application, calls: CallOpener, settings: Settings, *, web_root: Path = WEB_DIST
-) -> WebRtcDoor:
-    """Add the WebRTC door and the page to `app`; close its calls on app shutdown."""
-    door = WebRtcDoor(calls, settings, web_root)
+def register(app: web.Application, calls: CallOpener, settings: Settings) -> WebRtcDoor:
+    """Add the WebRTC door's routes to `app`; close its calls on app shutdown."""
+    door = WebRtcDoor(calls, settings)
     app[_DOOR_KEY] = door
     app.router.add_get("/webrtc/config", door.handle_config)
     app.router.add_post("/webrtc/offer", door.handle_offer)
-    app.router.add_get("/", door.handle_index)
-    app.router.add_get("/assets/{path:.+}", door.handle_asset)
     app.on_shutdown.append(door.shutdown)
     return door

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -34,11 +35,12 @@ import numpy.typing as npt
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from bridge import contract
 from bridge.backends.base import Audio
-from bridge.calls import CallManager, UnknownTtsEngine
-from bridge.config import Settings
-from bridge.contract import CALLER_RATE, CallLimitExceeded, CallOptions, Event
-from media.g711 import alaw_decode, ulaw_decode
+from bridge.config import TTS_ENGINES, Settings
+from bridge.contract import CALLER_RATE, CallHandle, CallLimitExceeded, CallOpener, CallOptions
+from bridge.metrics import Metrics
+from media.codecs import codec_for
 from media.resample import StreamResampler
 from media.wav import write_wav
 
@@ -57,15 +59,18 @@ _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _DEFAULT_RATE = {"pcm": 16000, "g711_ulaw": 8000, "g711_alaw": 8000, "opus": 48000}
 
 
+_OPTION_KEYS = ("tts_engine", "mode")
+"""Metadata keys that are call options, read by `bridge.contract.parse_call_options`."""
+
+
 class CallMetadata(BaseModel):
-    """The first (text) frame of a `/ws/call` connection."""
+    """The audio part of a `/ws/call` connection's first (text) frame; its `tts_engine`
+    and `mode` are the call's options (`bridge.contract.parse_call_options`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     codec: Codec
     sample_rate: int | None = None
-    tts_engine: Literal["piper", "coqui"] | None = None
-    mode: Literal["conversation", "transcribe_only"] = "conversation"
 
     @model_validator(mode="after")
     def _check_rate(self) -> CallMetadata:
@@ -103,23 +108,17 @@ class _PcmDecoder:
         return np.frombuffer(data[:whole], dtype="<i2").astype(np.int16)
 
 
-class _G711Decoder:
-    def __init__(self, law: Literal["ulaw", "alaw"]) -> None:
-        self.rate = 8000
-        self._decode = ulaw_decode if law == "ulaw" else alaw_decode
-
-    def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
-        return self._decode(payload)
+_REGISTRY_NAME = {"g711_ulaw": "pcmu", "g711_alaw": "pcma", "opus": "opus"}
+"""Wire codec names that are RTP codecs of `media.codecs` (one payload per frame)."""
 
 
-class _OpusDecoder:
-    """One Opus packet per frame, decoded at 48 kHz mono."""
+class _CodecDecoder:
+    """A `media.codecs` decoder (G.711, Opus), at the codec's PCM rate."""
 
-    def __init__(self) -> None:
-        from media.opus import OpusDecoder
-
-        self.rate = 48000
-        self._decoder = OpusDecoder()
+    def __init__(self, name: str) -> None:
+        codec = codec_for(name)
+        self.rate = codec.pcm_rate
+        self._decoder = codec.decoder()
 
     def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
         return self._decoder.decode(payload)
@@ -129,11 +128,7 @@ def make_decoder(meta: CallMetadata) -> Decoder:
     """The decoder for a connection's codec."""
     if meta.codec == "pcm":
         return _PcmDecoder(meta.sample_rate or 16000)
-    if meta.codec == "g711_ulaw":
-        return _G711Decoder("ulaw")
-    if meta.codec == "g711_alaw":
-        return _G711Decoder("alaw")
-    return _OpusDecoder()
+    return _CodecDecoder(_REGISTRY_NAME[meta.codec])
 
 
 class WebSocketSink:
@@ -151,14 +146,16 @@ class WebSocketSink:
         self._writer.set_name(f"ws-writer-{call_label}")
         self.closed_by_server: str | None = None
         """Why the server closed the connection (None while open or when the client closed)."""
+        self._playing_until = 0.0
 
-    async def send_event(self, event: Event) -> None:
+    async def send_event(self, event: contract.Event) -> None:
         """Queue a JSON event."""
         await self._out.put(json.dumps(event, separators=(",", ":")))
 
     async def send_audio(self, audio: Audio) -> None:
         """Queue one sentence of bot audio as a WAV frame."""
         await self._out.put(write_wav(audio.pcm, audio.sample_rate))
+        self._playing_until = max(self._playing_until, time.monotonic()) + audio.duration_s
 
     def clear_audio(self) -> None:
         """Drop bot audio frames not yet sent (the client owns what it already has)."""
@@ -169,6 +166,12 @@ class WebSocketSink:
                 kept.append(item)
         for item in kept:
             self._out.put_nowait(item)
+        self._playing_until = 0.0
+
+    def playing_until(self) -> float:
+        """The client plays the audio: the end of what was handed over, played at real time
+        from the moment it was queued (0 after a barge-in)."""
+        return self._playing_until
 
     async def hangup(self, reason: str) -> None:
         """Server ends the call: flush what is queued, then close with 1001."""
@@ -214,6 +217,13 @@ class WebSocketSink:
                 return
 
 
+class _CallLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes a connection's log lines with its call id."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"call={self.extra['call_id'] if self.extra else '?'} {msg}", kwargs
+
+
 async def _refuse(ws: web.WebSocketResponse, stage: str, message: str, code: int) -> None:
     """Error event and close, before a call exists."""
     log.info("websocket refused (%d): %s", code, message)
@@ -222,8 +232,10 @@ async def _refuse(ws: web.WebSocketResponse, stage: str, message: str, code: int
     await ws.close(code=code, message=message[:120].encode())
 
 
-def _parse_metadata(text: str) -> tuple[CallMetadata | None, str, int]:
-    """Metadata, or (None, error message, close code)."""
+def _parse_metadata(
+    text: str, default_engine: str
+) -> tuple[tuple[CallMetadata, CallOptions] | None, str, int]:
+    """Metadata and the call's options, or (None, error message, close code)."""
     try:
         raw: Any = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -237,16 +249,23 @@ def _parse_metadata(text: str) -> tuple[CallMetadata | None, str, int]:
             f"unknown codec {codec!r} (supported: {', '.join(CODECS)})",
             int(WSCloseCode.UNSUPPORTED_DATA),
         )
+    audio = {key: value for key, value in raw.items() if key not in _OPTION_KEYS}
     try:
-        return CallMetadata.model_validate(raw), "", 0
+        meta = CallMetadata.model_validate(audio)
+        options = contract.parse_call_options(
+            raw, TTS_ENGINES, door="websocket", default_engine=default_engine
+        )
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "metadata"
         return None, f"invalid metadata: {where}: {first['msg']}", int(WSCloseCode.POLICY_VIOLATION)
+    except contract.InvalidCallOptions as exc:
+        return None, f"invalid metadata: {exc}", int(WSCloseCode.POLICY_VIOLATION)
+    return (meta, options), "", 0
 
 
-def register(app: web.Application, calls: CallManager, settings: Settings) -> None:
-    """Add the `/ws/call` route to `app`."""
+def register(app: web.Application, calls: CallOpener, settings: Settings, metrics: Metrics) -> None:
+    """Add the `/ws/call` route to `app`; `metrics` counts its protocol and decode errors."""
     hard_cap = max(8 * settings.ws_max_frame_bytes, 1 << 20)
 
     async def handle(request: web.Request) -> web.StreamResponse:
@@ -262,15 +281,11 @@ def register(app: web.Application, calls: CallManager, settings: Settings) -> No
         if first.type != WSMsgType.TEXT:
             await _refuse(ws, "protocol", "the first frame must be JSON metadata (text)", 1008)
             return ws
-        meta, error, code = _parse_metadata(first.data)
-        if meta is None:
+        parsed, error, code = _parse_metadata(first.data, settings.default_tts_engine)
+        if parsed is None:
             await _refuse(ws, "protocol", error, code)
             return ws
-        options = CallOptions(
-            door="websocket",
-            mode=meta.mode,
-            tts_engine=meta.tts_engine or settings.default_tts_engine,
-        )
+        meta, options = parsed
         sink = WebSocketSink(ws, options.call_id)
         try:
             call = await calls.open(options, sink)
@@ -278,17 +293,18 @@ def register(app: web.Application, calls: CallManager, settings: Settings) -> No
             await sink.stop()
             await _refuse(ws, "capacity", str(exc), WSCloseCode.TRY_AGAIN_LATER)
             return ws
-        except UnknownTtsEngine as exc:
+        except ValueError as exc:  # e.g. the chosen TTS engine is not installed here
             await sink.stop()
             await _refuse(ws, "protocol", str(exc), WSCloseCode.POLICY_VIOLATION)
             return ws
+        call_log = _CallLog(log, {"call_id": call.call_id})
         peer = request.remote or "?"
-        call.log.info(
+        call_log.info(
             "websocket connected peer=%s codec=%s rate=%s", peer, meta.codec, meta.sample_rate
         )
         reason = "client closed"
         try:
-            reason = await _pump(ws, sink, call.feed, meta, settings, calls, call.log)
+            reason = await _pump(ws, sink, call, meta, settings, metrics, call_log)
         finally:
             await call.close(sink.closed_by_server or reason)
             await sink.stop()
@@ -302,10 +318,10 @@ def register(app: web.Application, calls: CallManager, settings: Settings) -> No
 async def _pump(
     ws: web.WebSocketResponse,
     sink: WebSocketSink,
-    feed: Any,
+    call: CallHandle,
     meta: CallMetadata,
     settings: Settings,
-    calls: CallManager,
+    metrics: Metrics,
     call_log: logging.LoggerAdapter[logging.Logger],
 ) -> str:
     """Read caller frames until the connection ends; return why it ended."""
@@ -317,7 +333,7 @@ async def _pump(
         if msg.type == WSMsgType.BINARY:
             payload: bytes = msg.data
             if len(payload) > settings.ws_max_frame_bytes:
-                calls.metrics.error("protocol", "oversized_frame")
+                metrics.error("protocol", "oversized_frame")
                 await sink.fail(
                     f"frame of {len(payload)} bytes exceeds WS_MAX_FRAME_BYTES="
                     f"{settings.ws_max_frame_bytes}",
@@ -328,16 +344,16 @@ async def _pump(
                 pcm = decoder.decode(payload)
             except Exception as exc:
                 bad_frames += 1
-                calls.metrics.error("decode", meta.codec)
+                metrics.error("decode", meta.codec)
                 if bad_frames == 1 or bad_frames % 100 == 0:
                     call_log.warning(
                         "undecodable %s frame (%d so far): %r", meta.codec, bad_frames, exc
                     )
                 continue
             if pcm.size:
-                feed(resampler.process(pcm))
+                call.feed(resampler.process(pcm))
         elif msg.type == WSMsgType.TEXT:
-            calls.metrics.error("protocol", "unexpected_text")
+            metrics.error("protocol", "unexpected_text")
             await sink.fail(
                 "text frame received where binary audio is due", WSCloseCode.UNSUPPORTED_DATA
             )

@@ -1,1 +1,2 @@
-"""Services that run beside the bridge: the `/synthesize` TTS service of the Piper and Coqui containers."""
+"""Services that run beside the bridge: the `/synthesize` TTS service of the Piper and
+Coqui containers."""

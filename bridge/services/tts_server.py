@@ -200,7 +200,9 @@ def create_app(engine: SpeechEngine, max_chars: int = 2000) -> FastAPI:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: load the engine, then serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m bridge.services.tts_server", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bridge.services.tts_server", description=__doc__
+    )
     parser.add_argument("--engine", choices=sorted(DEFAULT_PORTS), default="piper")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=None, help="default 5100 piper, 5200 coqui")

@@ -1,1 +1,2 @@
-"""Command-line tools around the bridge: the load tester, the one-call client, the echo call handler."""
+"""Command-line tools around the bridge: the load tester, the one-call client and the echo
+call handler."""

@@ -1,6 +1,6 @@
 """An echo call manager: every call plays the caller's audio back. For testing the SIP door.
 
-`EchoCalls` has the shape of `bridge.calls.CallManager.open`, so the SIP door runs without
+`EchoCalls` has the shape of `bridge.pipeline.CallManager.open`, so the SIP door runs without
 the ASR/LLM/TTS pipeline; each `EchoCall` records what the door fed it (16 kHz PCM, digits)
 and sends the caller's audio back through the sink in `chunk_ms` blocks.
 
@@ -27,8 +27,11 @@ import numpy.typing as npt
 from bridge.backends.base import Audio
 from bridge.config import Settings, load_settings
 from bridge.contract import CALLER_RATE, CallLimitExceeded, CallOptions, CallSink
+from sip.tasks import TaskSet
 
 __all__ = ["EchoCall", "EchoCalls", "main"]
+
+log = logging.getLogger("bridge.tools.echo")
 
 
 class EchoCall:
@@ -45,7 +48,7 @@ class EchoCall:
         self._pending: list[npt.NDArray[np.int16]] = []
         self._pending_samples = 0
         self._chunk = owner.chunk_ms * CALLER_RATE // 1000
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends = TaskSet(f"echo-{self.call_id}", log)
 
     def feed(self, pcm16k: npt.NDArray[np.int16]) -> None:
         """Record the frame; echo every `chunk_ms` of audio."""
@@ -58,11 +61,7 @@ class EchoCall:
         if self._pending_samples >= self._chunk:
             block = np.concatenate(self._pending)
             self._pending, self._pending_samples = [], 0
-            task = asyncio.get_running_loop().create_task(
-                self.sink.send_audio(Audio(block, CALLER_RATE))
-            )
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            self._sends.spawn(self.sink.send_audio(Audio(block, CALLER_RATE)), "echo")
 
     def dtmf(self, digit: str) -> None:
         """Record the digit."""
@@ -78,8 +77,7 @@ class EchoCall:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
-        for task in list(self._sends):
-            task.cancel()
+        await self._sends.cancel_all()
         self._owner.closed(self)
 
 

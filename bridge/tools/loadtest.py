@@ -35,8 +35,7 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from media.g711 import alaw_encode, ulaw_encode
-from media.opus import OpusEncoder
+from media.codecs import codec_for
 from media.resample import resample
 from media.wav import read_wav
 
@@ -126,9 +125,14 @@ class LoadResult:
             self.error_messages.append(message)
 
 
+_REGISTRY_NAME = {"g711_ulaw": "pcmu", "g711_alaw": "pcma", "opus": "opus"}
+"""WebSocket wire codec names that are `media.codecs` codecs."""
+
+
 def wire_rate(codec: str, file_rate: int) -> int:
     """The sample rate a codec carries on the wire (PCM keeps the file's rate)."""
-    return {"g711_ulaw": 8000, "g711_alaw": 8000, "opus": 48000}.get(codec, file_rate)
+    name = _REGISTRY_NAME.get(codec)
+    return file_rate if name is None else codec_for(name).pcm_rate
 
 
 def encode_chunks(pcm: npt.NDArray[np.int16], rate: int, codec: str) -> list[bytes]:
@@ -142,14 +146,10 @@ def encode_chunks(pcm: npt.NDArray[np.int16], rate: int, codec: str) -> list[byt
     frames = [audio[i : i + step] for i in range(0, audio.size, step)]
     if codec == "pcm":
         return [f.astype("<i2").tobytes() for f in frames]
-    if codec == "g711_ulaw":
-        return [ulaw_encode(f) for f in frames]
-    if codec == "g711_alaw":
-        return [alaw_encode(f) for f in frames]
-    if codec == "opus":
-        encoder = OpusEncoder()
-        return [encoder.encode(f) for f in frames]
-    raise ValueError(f"unknown codec {codec!r}")
+    if codec not in _REGISTRY_NAME:
+        raise ValueError(f"unknown codec {codec!r}")
+    encoder = codec_for(_REGISTRY_NAME[codec]).encoder()
+    return [encoder.encode(f) for f in frames]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from bridge.backends import (
     build_backends,
 )
 from bridge.config import load_settings
-from tests.backends.doubles import OllamaDouble, WhisperCppDouble, serve
+from tests.fakes.backend_servers import OllamaDouble, WhisperCppDouble, serve
 from tests.support import free_port
 
 

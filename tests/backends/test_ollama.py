@@ -7,8 +7,9 @@ from contextlib import aclosing
 
 import pytest
 
-from bridge.backends import BackendError, Message, OllamaLLM
-from tests.backends.doubles import OLLAMA_TOKENS, OllamaDouble, serve
+from bridge.backends import Message, OllamaLLM
+from tests.backends.helpers import drain, error_from
+from tests.fakes.backend_servers import OLLAMA_TOKENS, OllamaDouble, serve
 from tests.support import free_port
 
 MESSAGES: list[Message] = [
@@ -82,16 +83,8 @@ async def test_failures_raise_typed_errors(mode: str, kind: str) -> None:
     received: list[str] = []
     async with serve(double.app()) as url:
         llm = OllamaLLM(url, "llama3.2:3b", timeout_s=0.5)
-        try:
-            with pytest.raises(BackendError) as caught:
-                async for token in llm.stream(MESSAGES):
-                    received.append(token)
-        finally:
-            await llm.aclose()
-    error = caught.value
-    assert error.kind == kind
-    assert error.backend == "ollama"
-    assert error.url == f"{url}/api/chat"
+        error = await error_from(llm, lambda: drain(llm.stream(MESSAGES), received))
+    assert (error.kind, error.backend, error.url) == (kind, "ollama", f"{url}/api/chat")
     if mode in ("garbage", "error_line", "no_done", "truncated"):
         assert received == OLLAMA_TOKENS[:2]  # what came before the fault was delivered
 
@@ -99,12 +92,5 @@ async def test_failures_raise_typed_errors(mode: str, kind: str) -> None:
 async def test_connection_refused() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     llm = OllamaLLM(url, "llama3.2:3b", timeout_s=2)
-    try:
-        with pytest.raises(BackendError) as caught:
-            async for _ in llm.stream(MESSAGES):
-                pass
-        assert not await llm.ready()
-    finally:
-        await llm.aclose()
-    assert caught.value.kind == "connect"
-    assert caught.value.url == f"{url}/api/chat"
+    error = await error_from(llm, lambda: drain(llm.stream(MESSAGES)), ready_after=False)
+    assert (error.kind, error.url) == ("connect", f"{url}/api/chat")

@@ -8,11 +8,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from bridge.backends import BackendError, Message, OpenAICompatLLM
+from bridge.backends import Message, OpenAICompatLLM
 from bridge.backends._embedded import package_file
 from bridge.backends.llm import SMOLLM2_FILE
-from tests.backends.conftest import Server, start_server, stop_server
-from tests.backends.doubles import SseDouble, serve
+from tests.backends.helpers import drain, error_from
+from tests.fakes.backend_servers import SseDouble, serve
+from tests.fakes.processes import Server, start_server, stop_server
 from tests.support import free_port
 
 MESSAGES: list[Message] = [
@@ -92,25 +93,12 @@ async def test_failures_raise_typed_errors(mode: str, kind: str) -> None:
     double = SseDouble(mode=mode)
     async with serve(double.app()) as url:
         llm = OpenAICompatLLM(url, "default", timeout_s=5)
-        try:
-            with pytest.raises(BackendError) as caught:
-                async for _ in llm.stream(MESSAGES):
-                    pass
-        finally:
-            await llm.aclose()
-    assert caught.value.kind == kind
-    assert caught.value.backend == "openai"
-    assert caught.value.url == f"{url}/v1/chat/completions"
+        error = await error_from(llm, lambda: drain(llm.stream(MESSAGES)))
+    assert (error.kind, error.backend, error.url) == (kind, "openai", f"{url}/v1/chat/completions")
 
 
 async def test_connection_refused() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     llm = OpenAICompatLLM(url, "default", timeout_s=2)
-    try:
-        with pytest.raises(BackendError) as caught:
-            async for _ in llm.stream(MESSAGES):
-                pass
-        assert not await llm.ready()
-    finally:
-        await llm.aclose()
-    assert caught.value.kind == "connect"
+    error = await error_from(llm, lambda: drain(llm.stream(MESSAGES)), ready_after=False)
+    assert error.kind == "connect"

@@ -17,10 +17,11 @@ import pytest
 import soxr
 from aiohttp import web
 
-from bridge.backends import BackendError, EmbeddedASR, HttpTTS
+from bridge.backends import EmbeddedASR, HttpTTS
 from bridge.services.tts_server import OUTPUT_RATE, to_output_rate
-from tests.backends.conftest import ROOT, Server
-from tests.backends.doubles import serve
+from tests.backends.helpers import error_from
+from tests.fakes.backend_servers import routes, serve
+from tests.fakes.processes import ROOT, Server
 from tests.support import free_port, word_error_rate
 
 SENTENCE = "Thank you for calling, how can I help you today?"
@@ -130,30 +131,17 @@ async def test_http_tts_failures_raise_typed_errors(handler: object, kind: str) 
         result = handler(request)  # type: ignore[operator]
         return await result if asyncio.iscoroutine(result) else result
 
-    app = web.Application()
-    app.router.add_post("/synthesize", wrapped)
-    async with serve(app) as url:
+    async with serve(routes(web.post("/synthesize", wrapped))) as url:
         tts = HttpTTS("coqui", url, timeout_s=0.5)
-        try:
-            with pytest.raises(BackendError) as caught:
-                await tts.synthesize("Hello.")
-        finally:
-            await tts.aclose()
-    assert caught.value.kind == kind
-    assert caught.value.backend == "coqui"
-    assert caught.value.url == f"{url}/synthesize"
+        error = await error_from(tts, lambda: tts.synthesize("Hello."))
+    assert (error.kind, error.backend, error.url) == (kind, "coqui", f"{url}/synthesize")
 
 
 async def test_http_tts_connection_refused() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     tts = HttpTTS("coqui", url, timeout_s=2)
-    try:
-        with pytest.raises(BackendError) as caught:
-            await tts.synthesize("Hello.")
-        assert not await tts.ready()
-    finally:
-        await tts.aclose()
-    assert caught.value.kind == "connect"
+    error = await error_from(tts, lambda: tts.synthesize("Hello."), ready_after=False)
+    assert error.kind == "connect"
 
 
 def _coqui_start(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

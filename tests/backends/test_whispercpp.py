@@ -7,8 +7,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from bridge.backends import BackendError, WhisperCppASR
-from tests.backends.doubles import WhisperCppDouble, serve
+from bridge.backends import WhisperCppASR
+from tests.backends.helpers import error_from
+from tests.fakes.backend_servers import WhisperCppDouble, serve
 from tests.support import free_port
 
 PCM = (np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440) * 8000).astype(np.int16)
@@ -63,26 +64,13 @@ async def test_failures_raise_typed_errors(mode: str, kind: str) -> None:
     double = WhisperCppDouble(mode=mode)
     async with serve(double.app()) as url:
         asr = WhisperCppASR(url, timeout_s=0.5, pool_size=1)
-        try:
-            with pytest.raises(BackendError) as caught:
-                await asr.transcribe(PCM)
-        finally:
-            await asr.aclose()
-    error = caught.value
-    assert error.kind == kind
-    assert error.backend == "whisper.cpp"
-    assert error.url == f"{url}/inference"
+        error = await error_from(asr, lambda: asr.transcribe(PCM))
+    assert (error.kind, error.backend, error.url) == (kind, "whisper.cpp", f"{url}/inference")
     assert url in str(error)
 
 
 async def test_connection_refused() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     asr = WhisperCppASR(url, timeout_s=2)
-    try:
-        with pytest.raises(BackendError) as caught:
-            await asr.transcribe(PCM)
-        assert not await asr.ready()
-    finally:
-        await asr.aclose()
-    assert caught.value.kind == "connect"
-    assert caught.value.url == f"{url}/inference"
+    error = await error_from(asr, lambda: asr.transcribe(PCM), ready_after=False)
+    assert (error.kind, error.url) == ("connect", f"{url}/inference")

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from tests.fakes.processes import stop_process
 from tests.support import free_port
 
 PROMETHEUS = shutil.which("prometheus")
@@ -102,9 +103,4 @@ def running_prometheus(
             time.sleep(0.2)
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, 10)

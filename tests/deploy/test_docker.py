@@ -24,6 +24,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from tests.fakes.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
@@ -422,10 +424,5 @@ def test_piper_service_command_and_health_check_work(
         assert reply.headers["content-type"] == "audio/wav"
         assert reply.content[:4] == b"RIFF" and len(reply.content) > 10_000
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=5)
+        stop_process(server, 10)
     assert "not found locally" not in log.read_text(), log.read_text()

@@ -244,34 +244,24 @@ def test_garbage_exposition_is_a_scrape_error() -> None:
         latency.parse_histograms("this is { not prometheus", "x")
 
 
-PROM_BEFORE = """# TYPE h_before histogram
-h_before_bucket{stage="asr",le="0.1"} 1
-h_before_bucket{stage="asr",le="0.25"} 4
-h_before_bucket{stage="asr",le="0.5"} 4
-h_before_bucket{stage="asr",le="+Inf"} 5
-h_before_bucket{stage="tts",le="0.1"} 0
-h_before_bucket{stage="tts",le="0.25"} 0
-h_before_bucket{stage="tts",le="0.5"} 0
-h_before_bucket{stage="tts",le="+Inf"} 0
-h_before_bucket{stage="llm",le="0.1"} 0
-h_before_bucket{stage="llm",le="0.25"} 2
-h_before_bucket{stage="llm",le="0.5"} 2
-h_before_bucket{stage="llm",le="+Inf"} 2
-"""
-PROM_AFTER = """# TYPE h_after histogram
-h_after_bucket{stage="asr",le="0.1"} 3
-h_after_bucket{stage="asr",le="0.25"} 19
-h_after_bucket{stage="asr",le="0.5"} 30
-h_after_bucket{stage="asr",le="+Inf"} 31
-h_after_bucket{stage="tts",le="0.1"} 7
-h_after_bucket{stage="tts",le="0.25"} 7
-h_after_bucket{stage="tts",le="0.5"} 8
-h_after_bucket{stage="tts",le="+Inf"} 13
-h_after_bucket{stage="llm",le="0.1"} 0
-h_after_bucket{stage="llm",le="0.25"} 2
-h_after_bucket{stage="llm",le="0.5"} 9
-h_after_bucket{stage="llm",le="+Inf"} 9
-"""
+BUCKET_BOUNDS = ("0.1", "0.25", "0.5", "+Inf")
+
+
+def _histogram_text(name: str, counts: dict[str, tuple[int, int, int, int]]) -> str:
+    """Exposition text of histogram `name`: per stage, cumulative counts at BUCKET_BOUNDS."""
+    lines = [f"# TYPE {name} histogram"]
+    for stage, row in counts.items():
+        for le, n in zip(BUCKET_BOUNDS, row, strict=True):
+            lines.append(f'{name}_bucket{{stage="{stage}",le="{le}"}} {n}')
+    return "\n".join(lines) + "\n"
+
+
+PROM_BEFORE = _histogram_text(
+    "h_before", {"asr": (1, 4, 4, 5), "tts": (0, 0, 0, 0), "llm": (0, 2, 2, 2)}
+)
+PROM_AFTER = _histogram_text(
+    "h_after", {"asr": (3, 19, 30, 31), "tts": (7, 7, 8, 13), "llm": (0, 2, 9, 9)}
+)
 
 
 @pytest.mark.slow

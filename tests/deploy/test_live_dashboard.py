@@ -33,6 +33,7 @@ import pytest
 from sipp import latency
 from tests.deploy import dashboard as dash
 from tests.deploy.prom import PrometheusServer, running_prometheus
+from tests.fakes.processes import stop_process
 from tests.support import espeak_pcm, free_port, with_silence
 
 pytestmark = [pytest.mark.slow]
@@ -182,12 +183,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             time.sleep(1.5)
             yield result
     finally:
-        bridge.terminate()
-        try:
-            bridge.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            bridge.kill()
-            bridge.wait(timeout=5)
+        stop_process(bridge, 15)
 
 
 def test_the_call_was_answered(live: Live) -> None:

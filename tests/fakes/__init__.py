@@ -1,1 +1,2 @@
-"""Fakes shared by the tests and bench/: recording sink, fake calls, fake backends, a bridge process."""
+"""Fakes shared by the tests and bench/: recording sink, fake backends and backend servers,
+the bridge and server processes, a browser with a fake microphone."""

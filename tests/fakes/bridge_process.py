@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.fakes.processes import stop_process
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,13 +78,7 @@ class BridgeProcess:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 15)
         self._log.close()
         return self.proc.returncode
 
@@ -105,6 +100,17 @@ class CallRecord:
 
     def types(self) -> list[str]:
         return [e["type"] for e in self.events]
+
+    async def receive(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        """Record the next frame; False once the socket closed (or sent something else)."""
+        msg = await ws.receive()
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            self.frames.append(("event", json.loads(msg.data)))
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            self.frames.append(("wav", msg.data))
+        else:
+            return False
+        return True
 
 
 async def ws_call(
@@ -134,12 +140,7 @@ async def ws_call(
             try:
                 async with asyncio.timeout(within_s):
                     while sum(1 for t in record.types() if t == until) < count:
-                        msg = await ws.receive()
-                        if msg.type == aiohttp.WSMsgType.TEXT:
-                            record.frames.append(("event", json.loads(msg.data)))
-                        elif msg.type == aiohttp.WSMsgType.BINARY:
-                            record.frames.append(("wav", msg.data))
-                        else:
+                        if not await record.receive(ws):
                             break
             finally:
                 sender.cancel()
@@ -160,13 +161,7 @@ async def ws_expect_close(url: str, frames: Sequence[str | bytes]) -> CallRecord
                 else:
                     await ws.send_bytes(frame)
             async with asyncio.timeout(10):
-                while True:
-                    msg = await ws.receive()
-                    if msg.type == aiohttp.WSMsgType.TEXT:
-                        record.frames.append(("event", json.loads(msg.data)))
-                    elif msg.type == aiohttp.WSMsgType.BINARY:
-                        record.frames.append(("wav", msg.data))
-                    else:
-                        break
+                while await record.receive(ws):
+                    pass
             record.close_code = ws.close_code
     return record

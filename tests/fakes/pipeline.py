@@ -28,7 +28,17 @@ def silence(seconds: float) -> npt.NDArray[np.int16]:
     return np.zeros(int(seconds * RATE), np.int16)
 
 
-class FakeASR:
+class _AlwaysReady:
+    """A fake backend's readiness and close: always ready, nothing to close."""
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FakeASR(_AlwaysReady):
     """Returns scripted transcripts; raises the queued errors first.
 
     With a `clock` (e.g. the call's stream time), each request takes `delay_s` of that
@@ -66,14 +76,8 @@ class FakeASR:
             raise self.errors.pop(0)
         return Transcript(self.texts[(self.calls - 1) % len(self.texts)])
 
-    async def ready(self) -> bool:
-        return True
 
-    async def aclose(self) -> None:
-        return None
-
-
-class FakeLLM:
+class FakeLLM(_AlwaysReady):
     """Streams a scripted reply word by word with a delay per token."""
 
     name = "fake-llm"
@@ -104,14 +108,8 @@ class FakeLLM:
             raise
         self.finished_at = time.monotonic()
 
-    async def ready(self) -> bool:
-        return True
 
-    async def aclose(self) -> None:
-        return None
-
-
-class FakeTTS:
+class FakeTTS(_AlwaysReady):
     """Speaks `seconds_per_sentence` of a tone; remembers which text made which audio."""
 
     name = "fake-tts"
@@ -133,12 +131,6 @@ class FakeTTS:
         audio = Audio(tone(self.seconds, -20.0, 300.0), 22050)
         self.by_audio[id(audio)] = text
         return audio
-
-    async def ready(self) -> bool:
-        return True
-
-    async def aclose(self) -> None:
-        return None
 
 
 @dataclass
@@ -174,6 +166,7 @@ class RecordingSink:
         self.hangups: list[str] = []
         self.call: Any = None
         self.changed = asyncio.Event()
+        self._until = 0.0
 
     def _pos(self) -> float:
         return float(self.call.stream_time_s) if self.call is not None else 0.0
@@ -187,11 +180,17 @@ class RecordingSink:
     async def send_audio(self, audio: Audio) -> None:
         self.audio.append(audio)
         self.log.append(("audio", audio))
+        self._until = max(self._until, time.monotonic()) + audio.duration_s
         self.changed.set()
 
     def clear_audio(self) -> None:
         self.clears.append(self._pos())
         self.log.append(("clear", self._pos()))
+        self._until = 0.0
+
+    def playing_until(self) -> float:
+        """As if a client played the audio at real time from when it was handed over."""
+        return self._until
 
     async def hangup(self, reason: str) -> None:
         self.hangups.append(reason)

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.g711 import ulaw_decode, ulaw_encode
-from media.jitter import JitterBuffer, fade_repeat
+from media.codecs import Decoder, codec_for
+from media.g711 import ulaw_encode
+from media.jitter import JitterBuffer
 from media.rtp import RtpPacket
 
 FRAME = 160  # 20 ms at 8 kHz
@@ -24,8 +25,20 @@ def _decode(payload: bytes) -> np.ndarray:
     return np.full(FRAME, index, np.int16)
 
 
-def _conceal(_last: np.ndarray | None) -> np.ndarray:
-    return np.full(FRAME, CONCEALED, np.int16)
+class _IndexDecoder:
+    """Test decoder: `_decode`, b"bad" is undecodable, a concealed frame is all `CONCEALED`."""
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        if payload == b"bad":
+            raise ValueError("bad payload")
+        return _decode(payload)
+
+    def conceal(self) -> np.ndarray:
+        return np.full(FRAME, CONCEALED, np.int16)
+
+
+def _ulaw() -> Decoder:
+    return codec_for("pcmu").decoder()
 
 
 def _buffer(playout_delay_ms: int = 60, max_conceal_frames: int = 5) -> JitterBuffer:
@@ -33,8 +46,7 @@ def _buffer(playout_delay_ms: int = 60, max_conceal_frames: int = 5) -> JitterBu
         8000,
         FRAME,
         playout_delay_ms,
-        decode=_decode,
-        conceal=_conceal,
+        decoder=_IndexDecoder(),
         max_conceal_frames=max_conceal_frames,
     )
 
@@ -187,12 +199,7 @@ def test_sender_clock_running_slow_recovers() -> None:
 
 
 def test_undecodable_payload_is_concealed() -> None:
-    def decode(payload: bytes) -> np.ndarray:
-        if payload == b"bad":
-            raise ValueError("bad payload")
-        return _decode(payload)
-
-    jb = JitterBuffer(8000, FRAME, 60, decode=decode, conceal=_conceal)
+    jb = JitterBuffer(8000, FRAME, 60, decoder=_IndexDecoder())
     arrivals = [(i * 20.0, _packet(i)) for i in range(6)]
     arrivals[3] = (60.0, RtpPacket(0, 3, 3 * FRAME, 0x1234, b"bad"))
     out = _run(jb, arrivals, 10)
@@ -212,7 +219,7 @@ def test_dtmf_packets_marked_received_are_not_lost() -> None:
 
 def test_g711_fade_repeat_halves_and_reaches_silence() -> None:
     tone = (np.sin(np.arange(FRAME) / 3) * 8000).astype(np.int16)
-    jb = JitterBuffer(8000, FRAME, 60, decode=ulaw_decode, max_conceal_frames=3)
+    jb = JitterBuffer(8000, FRAME, 60, decoder=_ulaw(), max_conceal_frames=3)
     packets = {i: RtpPacket(0, i, i * FRAME, 1, ulaw_encode(tone)) for i in range(10) if i != 4}
     peaks = []
     for tick in range(18):
@@ -225,7 +232,7 @@ def test_g711_fade_repeat_halves_and_reaches_silence() -> None:
     assert peaks[3 + 5] == peak  # packet 5 plays normally
     # After the stream ends: 1/2, 1/4, 1/8, then silence (max_conceal_frames=3).
     assert peaks[13:17] == pytest.approx([peak / 2, peak / 4, peak / 8, 0.0], rel=0.05, abs=1)
-    assert fade_repeat(None) is None
+    assert _ulaw().conceal() is None
 
 
 @settings(max_examples=25, deadline=None)
@@ -242,14 +249,13 @@ def test_never_stalls_and_never_reorders(seq0: int, ts0: int, jitter_ms: list[in
 
 
 def test_with_real_opus_decoder_and_plc() -> None:
-    from media.opus import OpusDecoder, OpusEncoder
-
-    enc, dec = OpusEncoder(), OpusDecoder()
+    opus = codec_for("opus")
+    enc = opus.encoder()
     tone = (np.sin(2 * np.pi * 300 * np.arange(48000) / 48000) * 8000).astype(np.int16)
     packets = [
         RtpPacket(111, i, i * 960, 7, enc.encode(tone[i * 960 : (i + 1) * 960])) for i in range(30)
     ]
-    jb = JitterBuffer(48000, 960, 60, decode=dec.decode, conceal=lambda _last: dec.conceal())
+    jb = JitterBuffer(48000, 960, 60, decoder=opus.decoder())
     frames = []
     for tick in range(33):
         if tick < 30 and tick != 15:
@@ -268,7 +274,7 @@ def _tone_packet(seq: int, ts: int) -> RtpPacket:
 @pytest.mark.parametrize("shift", [80, 10, 150, -10, 160 * 3 + 40])
 def test_timestamp_shift_off_the_frame_grid_keeps_playing(shift: int) -> None:
     # The sender's timestamp moves by a non-multiple of the frame after packet 50.
-    jb = JitterBuffer(8000, FRAME, 60, decode=ulaw_decode)
+    jb = JitterBuffer(8000, FRAME, 60, decoder=_ulaw())
     seq, ts, audible = 1, 0, []
     for i in range(50 + 3000):
         if i == 50:
@@ -296,7 +302,7 @@ def test_off_grid_packets_reordered_across_the_shift_still_play() -> None:
 
 def test_dtmf_event_does_not_move_the_audio_timing() -> None:
     # RFC 4733: during an event the timestamp stays at the event start, sequence numbers run on.
-    jb = JitterBuffer(8000, FRAME, 60, decode=ulaw_decode)
+    jb = JitterBuffer(8000, FRAME, 60, decoder=_ulaw())
     seq, ts, audible = 1, 0, []
     for _ in range(50):
         jb.push(_tone_packet(seq, ts))

@@ -138,6 +138,25 @@ def test_threshold_can_be_raised_at_run_time(sentence: np.ndarray) -> None:
     assert len(_feed(vad, sentence)) == 2
 
 
+def test_energy_barge_in_mode_raises_threshold_and_min_speech(sentence: np.ndarray) -> None:
+    vad = EnergyVAD(threshold_db=-30.0, barge_in_threshold_db=-3.0, barge_in_min_speech_ms=400)
+    vad.set_barge_in(True)
+    assert (vad.threshold_db, vad.min_speech_ms) == (-3.0, 400)
+    assert _feed(vad, sentence) == []  # the spoken sentence is below -3 dBFS: echo-level
+    vad.set_barge_in(False)
+    assert (vad.threshold_db, vad.min_speech_ms) == (-30.0, 260)  # 13 frames of 20 ms
+    assert len(_feed(vad, sentence)) == 2
+
+
+def test_energy_barge_in_mode_without_levels_changes_nothing(sentence: np.ndarray) -> None:
+    plain = _feed(EnergyVAD(), sentence)
+    vad = EnergyVAD()
+    vad.set_barge_in(True)
+    got = _feed(vad, sentence)
+    assert [(t, type(e)) for t, e in got] == [(t, type(e)) for t, e in plain]
+    assert all(e.interrupts for _, e in got if isinstance(e, SpeechStarted))
+
+
 def test_long_speech_is_cut_at_max_utterance() -> None:
     vad = EnergyVAD(max_utterance_ms=2000)
     ended = [e for _, e in _feed(vad, _burst(5000)) if isinstance(e, UtteranceEnded)]
@@ -185,6 +204,23 @@ def test_silero_ignores_a_click_and_a_tone(silero: SileroVAD) -> None:
     assert _feed(silero, with_silence(click, RATE)) == []
     silero.reset()
     assert _feed(silero, with_silence(_burst(100), RATE)) == []
+
+
+@pytest.mark.parametrize(("gain_db", "interrupts"), [(0.0, True), (-30.0, False)])
+def test_silero_barge_in_gate_on_the_recent_level(
+    sentence: np.ndarray, gain_db: float, interrupts: bool
+) -> None:
+    """In barge-in mode a speech start below BARGE_IN_THRESHOLD_DB does not interrupt, but
+    it is still an utterance; out of barge-in mode every speech start interrupts."""
+    pcm = (sentence * 10 ** (gain_db / 20)).astype(np.int16)
+    for active in (True, False):
+        vad = SileroVAD(barge_in_threshold_db=-40.0, barge_in_min_speech_ms=250)
+        vad.set_barge_in(active)
+        events = [e for _, e in _feed(vad, pcm)]
+        assert [type(e) for e in events] == [SpeechStarted, UtteranceEnded], gain_db
+        started = events[0]
+        assert isinstance(started, SpeechStarted)
+        assert started.interrupts is (interrupts or not active)
 
 
 def test_silero_rejects_other_rates() -> None:

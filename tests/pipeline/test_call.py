@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from asyncio import Semaphore
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from bridge.call import Call, Pools
-from bridge.calls import CallManager
 from bridge.config import Settings
 from bridge.contract import CallLimitExceeded, CallOptions
 from bridge.metrics import Metrics
+from bridge.pipeline import Call, CallManager, Pools
+from bridge.pipeline.output import CallLog, Output
+from bridge.pipeline.reply import Conversation, Reply, Voice
+from bridge.pipeline.timing import TurnTimes
+from sip.tasks import TaskSet
 from tests.fakes.pipeline import (
     FakeBackends,
     FakeLLM,
@@ -36,11 +42,12 @@ def open_call(
     backends: FakeBackends,
     mode: str = "conversation",
     pools: Pools | None = None,
+    sink: RecordingSink | None = None,
     **overrides: Any,
 ) -> tuple[Call, RecordingSink, Metrics]:
     s = settings(**overrides)
     metrics = Metrics()
-    sink = RecordingSink()
+    sink = sink if sink is not None else RecordingSink()
     call = Call(
         CallOptions(door="websocket", mode=mode),  # type: ignore[arg-type]
         sink,
@@ -74,27 +81,36 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
+Feeder = Callable[[Call, npt.NDArray[np.int16]], Awaitable[None]]
+
+
+async def talk(
+    call: Call, sink: RecordingSink, *turns: npt.NDArray[np.int16], feeder: Feeder = feed
+) -> None:
+    """Feed each turn's audio and wait for that turn's `metrics` event; then close the call."""
+    try:
+        for count, pcm in enumerate(turns, 1):
+            await feeder(call, pcm)
+            await sink.wait_for("metrics", count)
+    finally:
+        await call.close()
+
+
 async def test_conversation_turn_streams_in_order() -> None:
     backends = FakeBackends(
         llm=FakeLLM("Sure thing. The price is 3.5 dollars, Mr. Smith. Anything else? Bye.", 0.03),
         tts_piper=FakeTTS(0.4, delay_s=0.02),
     )
     call, sink, metrics = open_call(backends)
-    try:
-        await feed(call, utterance())
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, utterance())
 
     types = sink.types()
     assert types[0] == "transcript"
     assert types[-1] == "metrics"
     assert types.count("llm_done") == 1
-    assert sink.events[0] == {
-        "type": "transcript",
-        "text": "hello there",
-        "latency_ms": sink.events[0]["latency_ms"],
-    }
+    first = sink.events[0]
+    assert first["type"] == "transcript"
+    assert first == {"type": "transcript", "text": "hello there", "latency_ms": first["latency_ms"]}
     # the sentences are spoken in order, one audio and one tts_ready each
     expected = ["Sure thing.", "The price is 3.5 dollars, Mr. Smith.", "Anything else?", "Bye."]
     assert backends.tts_piper.texts == expected
@@ -116,7 +132,8 @@ async def test_conversation_turn_streams_in_order() -> None:
     assert tokens.strip() == done["text"]
     assert isinstance(done["latency_ms"], int)
     # the metrics event (spec field names) and Prometheus
-    m = sink.events[-1]
+    m: dict[str, Any] = dict(sink.events[-1])
+    assert m["type"] == "metrics"
     for key in ("asr_ms", "llm_ms", "tts_ms", "total_ms"):
         assert isinstance(m[key], int) and m[key] >= 0, key
     assert m["llm_first_token_ms"] <= m["llm_ms"]
@@ -136,13 +153,7 @@ async def test_history_carries_into_the_next_turn() -> None:
     backends = FakeBackends()
     backends.asr.texts = ["first question", "second question"]
     call, sink, _ = open_call(backends)
-    try:
-        await feed(call, utterance())
-        await sink.wait_for("metrics")
-        await feed(call, utterance())
-        await sink.wait_for("metrics", 2)
-    finally:
-        await call.close()
+    await talk(call, sink, utterance(), utterance())
     second = backends.llm.calls[1]
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[1]["content"] == "first question"
@@ -163,8 +174,10 @@ async def test_transcribe_only_makes_no_llm_or_tts_calls() -> None:
     assert backends.llm.calls == []
     assert backends.tts_piper.texts == []
     assert sink.audio == []
-    assert sink.events[1]["llm_ms"] is None and sink.events[1]["tts_ms"] is None
-    assert isinstance(sink.events[1]["total_ms"], int)
+    metrics_event = sink.events[1]
+    assert metrics_event["type"] == "metrics"
+    assert metrics_event["llm_ms"] is None and metrics_event["tts_ms"] is None
+    assert isinstance(metrics_event["total_ms"], int)
     assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="llm") == 0
 
 
@@ -199,11 +212,7 @@ async def test_unexpected_exception_is_an_error_event_too() -> None:
     backends = FakeBackends()
     backends.tts_piper.errors.append(RuntimeError("boom"))
     call, sink, metrics = open_call(backends)
-    try:
-        await feed(call, utterance())
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, utterance())
     assert {"type": "error", "stage": "tts", "message": "boom"} in sink.events
     assert sample(metrics, "pipeline_errors_total", stage="tts", error_type="internal") == 1
     assert len(sink.audio) == len(backends.tts_piper.texts) - 1
@@ -269,6 +278,69 @@ async def test_barge_in_disabled_keeps_talking() -> None:
     finally:
         await call.close()
     assert sink.clears == []
+
+
+class PlayingSink(RecordingSink):
+    """A sink that says it is playing bot audio until `until`, whatever it was handed."""
+
+    until = 0.0
+
+    def playing_until(self) -> float:
+        return self.until
+
+
+async def test_bot_speaking_comes_from_the_sink() -> None:
+    sink = PlayingSink()
+    call, _, metrics = open_call(FakeBackends(), mode="transcribe_only", sink=sink)
+    try:
+        assert not call.bot_speaking()
+        sink.until = time.monotonic() + 30.0  # e.g. audio still queued in the door
+        assert call.bot_speaking()
+        await feed(call, np.concatenate([tone(0.5), silence(0.4)]), realtime=True)
+        await sink.wait_for("metrics")
+    finally:
+        await call.close()
+    # caller speech while the sink plays is a barge-in, though no audio came from this call
+    assert len(sink.clears) == 1
+    assert sample(metrics, "pipeline_barge_ins_total") == 1
+    assert sink.types() == ["transcript", "metrics"]
+
+
+async def test_reply_handle_finishes_or_is_cancelled() -> None:
+    backends = FakeBackends(llm=FakeLLM("One. Two. " + "word " * 100, token_delay_s=0.02))
+    metrics, sink = Metrics(), RecordingSink()
+    log = CallLog(logging.getLogger("test"), {"call_id": "reply"})
+    tasks = TaskSet("reply-test", log)
+    out = Output(sink, metrics, log)
+    voice = Voice(backends.llm, Semaphore(1), backends.tts_piper, Semaphore(1), out, metrics, log)
+    conversation = Conversation("You are a test.")
+    reply = Reply(voice, conversation, "hi", TurnTimes(time.monotonic()), tasks)
+    await sink.wait_for("tts_ready")
+    assert not reply.done and not reply.interrupted
+    reply.cancel()
+    await reply.wait()
+    assert reply.done and reply.interrupted
+    assert backends.llm.cancelled == 1
+    assert "llm_done" not in sink.types()
+    assert reply.turn.total_ms is not None and reply.turn.llm_ms is None
+    assert conversation.messages() == [
+        {"role": "system", "content": "You are a test."},
+        {"role": "user", "content": "hi"},
+    ]
+
+    backends.llm.reply = "Short answer."
+    finished = Reply(voice, conversation, "again", TurnTimes(time.monotonic()), tasks)
+    await finished.wait()
+    assert finished.done and not finished.interrupted
+    assert sink.types()[-2:] == ["llm_done", "tts_ready"]
+    assert finished.turn.llm_ms is not None and finished.turn.tts_ms is not None
+    # timed() observed each finished stage once: one LLM stream, each spoken sentence
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="llm") == 1
+    spoken = sink.types().count("tts_ready")
+    assert sample(metrics, "pipeline_stage_duration_seconds_count", stage="tts") == spoken
+    finished.cancel()  # a no-op once done
+    assert not finished.interrupted
+    assert len(tasks) == 0
 
 
 async def test_close_cancels_every_task() -> None:
@@ -339,7 +411,7 @@ async def test_manager_limit_and_shutdown() -> None:
 
 
 async def test_unknown_tts_engine_is_refused() -> None:
-    from bridge.calls import UnknownTtsEngine
+    from bridge.pipeline import UnknownTtsEngine
 
     manager = CallManager(settings(), FakeBackends(), Metrics())
     with pytest.raises(UnknownTtsEngine, match="coqui"):
@@ -348,7 +420,7 @@ async def test_unknown_tts_engine_is_refused() -> None:
 
 
 def test_pools_are_capped_by_backend_concurrency() -> None:
-    from bridge.call import backend_concurrency
+    from bridge.pipeline import backend_concurrency
 
     class Embedded:
         url = "embedded://faster-whisper/tiny.en"
@@ -371,11 +443,7 @@ async def test_silero_vad_engine_finds_the_utterance() -> None:
 
     backends = FakeBackends()
     call, sink, metrics = open_call(backends, mode="transcribe_only", vad_engine="silero")
-    try:
-        await feed(call, with_silence(espeak_pcm("Hello, how are you today?"), 16000, 0.5, 0.8))
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, with_silence(espeak_pcm("Hello, how are you today?"), 16000, 0.5, 0.8))
     assert sink.types() == ["transcript", "metrics"]
     # one final transcription, plus one discarded speculation per mid-sentence pause
     assert backends.asr.calls == 1 + call.speculation_misses
@@ -416,11 +484,7 @@ async def transcript_position(speculative_ms: int) -> tuple[float, Call, FakeBac
         backends, mode="transcribe_only", asr_speculative_silence_ms=speculative_ms
     )
     backends.asr.clock = lambda: call.stream_time_s
-    try:
-        await feed_clocked(call, np.concatenate([utterance(), silence(0.5)]))
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, np.concatenate([utterance(), silence(0.5)]), feeder=feed_clocked)
     assert sink.types() == ["transcript", "metrics"]
     return sink.event_pos[0], call, backends
 
@@ -448,11 +512,7 @@ async def test_speculation_still_running_at_end_of_utterance_is_awaited() -> Non
     backends.asr.delay_s = 0.4  # finishes 0.22 s after the utterance ends
     call, sink, metrics = open_call(backends, mode="transcribe_only")
     backends.asr.clock = lambda: call.stream_time_s
-    try:
-        await feed_clocked(call, np.concatenate([utterance(), silence(0.5)]))
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, np.concatenate([utterance(), silence(0.5)]), feeder=feed_clocked)
     assert sink.types() == ["transcript", "metrics"]
     assert backends.asr.calls == 1 and call.speculation_hits == 1
     assert metrics.asr_speculation.labels(outcome="hit")._value.get() == 1
@@ -467,11 +527,7 @@ async def test_caller_resuming_discards_the_speculation() -> None:
     backends.asr.clock = lambda: call.stream_time_s
     first, gap, second = tone(0.5), silence(0.2), tone(0.5, freq=660.0)
     pcm = np.concatenate([silence(0.3), first, gap, second, silence(0.8)])
-    try:
-        await feed_clocked(call, pcm)
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, pcm, feeder=feed_clocked)
     transcripts = [e["text"] for e in sink.events if e["type"] == "transcript"]
     assert transcripts == ["the whole utterance"]
     assert backends.asr.calls == 2
@@ -498,11 +554,7 @@ async def test_error_of_a_discarded_speculation_is_not_reported() -> None:
     call, sink, metrics = open_call(backends, mode="transcribe_only")
     backends.asr.clock = lambda: call.stream_time_s
     pcm = np.concatenate([silence(0.3), tone(0.5), silence(0.2), tone(0.5), silence(0.8)])
-    try:
-        await feed_clocked(call, pcm)
-        await sink.wait_for("metrics")
-    finally:
-        await call.close()
+    await talk(call, sink, pcm, feeder=feed_clocked)
     assert sink.types() == ["transcript", "metrics"]
     assert sample(metrics, "pipeline_errors_total", stage="asr", error_type="timeout") == 0
 
@@ -530,7 +582,7 @@ async def test_busy_asr_pool_means_no_speculative_request() -> None:
 
 async def test_speculation_off_behaves_as_before() -> None:
     """ASR_SPECULATIVE_SILENCE_MS=0: the VAD never pauses, one request after the utterance."""
-    from bridge.call import make_vad
+    from bridge.pipeline import make_vad
     from media.vad import SpeechPaused
 
     vad = make_vad(settings(asr_speculative_silence_ms=0))
@@ -539,13 +591,7 @@ async def test_speculation_off_behaves_as_before() -> None:
 
     backends = FakeBackends()
     call, sink, _ = open_call(backends, asr_speculative_silence_ms=0)
-    try:
-        await feed(call, utterance())
-        await sink.wait_for("metrics")
-        await feed(call, utterance())
-        await sink.wait_for("metrics", 2)
-    finally:
-        await call.close()
+    await talk(call, sink, utterance(), utterance())
     turn = ["transcript"] + ["llm_token"] * len(backends.llm.reply.split(" ")) + ["llm_done"]
     assert [t for t in sink.types() if t != "tts_ready"] == [*turn, "metrics"] * 2
     assert backends.asr.calls == 2

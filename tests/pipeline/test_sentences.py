@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.sentences import SentenceSplitter, split_sentences
+from bridge.pipeline.sentences import SentenceSplitter, split_sentences
 
 
 def stream(text: str, piece: int = 1) -> list[str]:
@@ -16,44 +17,43 @@ def stream(text: str, piece: int = 1) -> list[str]:
     return out + splitter.flush()
 
 
-def test_basic_boundaries() -> None:
-    assert split_sentences("Hello there. How are you? Great!") == [
-        "Hello there.",
-        "How are you?",
-        "Great!",
-    ]
-
-
-def test_newline_is_a_boundary() -> None:
-    assert split_sentences("First line\nSecond line\n\nThird") == [
-        "First line",
-        "Second line",
-        "Third",
-    ]
-
-
-def test_not_inside_numbers() -> None:
-    assert split_sentences("It costs 3.5 dollars. Version 1.2.3 is out.") == [
-        "It costs 3.5 dollars.",
-        "Version 1.2.3 is out.",
-    ]
-
-
-def test_not_after_abbreviations() -> None:
-    text = "Mr. Smith and Dr. Jones met, e.g. at noon. They left i.e. early."
-    assert split_sentences(text, first_clause_min_chars=1000) == [
-        "Mr. Smith and Dr. Jones met, e.g. at noon.",
-        "They left i.e. early.",
-    ]
-
-
-def test_punctuation_runs_and_closing_quotes() -> None:
-    assert split_sentences('Really?! He said "yes." Then... nothing.') == [
-        "Really?!",
-        'He said "yes."',
-        "Then...",
-        "nothing.",
-    ]
+@pytest.mark.parametrize(
+    ("text", "options", "expected"),
+    [
+        pytest.param(
+            "Hello there. How are you? Great!",
+            {},
+            ["Hello there.", "How are you?", "Great!"],
+            id="basic_boundaries",
+        ),
+        pytest.param(
+            "First line\nSecond line\n\nThird",
+            {},
+            ["First line", "Second line", "Third"],
+            id="newline_is_a_boundary",
+        ),
+        pytest.param(
+            "It costs 3.5 dollars. Version 1.2.3 is out.",
+            {},
+            ["It costs 3.5 dollars.", "Version 1.2.3 is out."],
+            id="not_inside_numbers",
+        ),
+        pytest.param(
+            "Mr. Smith and Dr. Jones met, e.g. at noon. They left i.e. early.",
+            {"first_clause_min_chars": 1000},
+            ["Mr. Smith and Dr. Jones met, e.g. at noon.", "They left i.e. early."],
+            id="not_after_abbreviations",
+        ),
+        pytest.param(
+            'Really?! He said "yes." Then... nothing.',
+            {},
+            ["Really?!", 'He said "yes."', "Then...", "nothing."],
+            id="punctuation_runs_and_closing_quotes",
+        ),
+    ],
+)
+def test_boundaries(text: str, options: dict[str, int], expected: list[str]) -> None:
+    assert split_sentences(text, **options) == expected
 
 
 def test_streaming_waits_for_the_character_after_a_period() -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from bridge.app import Bridge
 from bridge.config import Settings
-from tests.fakes.pipeline import FakeBackends, silence, tone
 from tests.fakes.bridge_process import CallRecord, ws_call, ws_expect_close
+from tests.fakes.pipeline import FakeBackends, silence, tone
 from tests.support import free_port
 
 MAX_FRAME = 4096

@@ -5,8 +5,13 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from sip.api import CallInfo, Dialog, MediaAnswer, MediaOffer, SipReject
-from sip.sdp import choose_codec
+from sip.api import CallInfo, Dialog, MediaAnswer, MediaOffer, SipReject, SupportedCodecs
+from sip.sdp import negotiate
+
+# What the SIP door carries by default (it reads its set from media.codecs at call time).
+SUPPORTED: frozenset[tuple[str, int, int]] = frozenset(
+    {("pcmu", 8000, 1), ("pcma", 8000, 1), ("opus", 48000, 2)}
+)
 
 
 @dataclass
@@ -14,6 +19,7 @@ class RecordingApp:
     """Answers every INVITE on a dummy RTP port and records what happened."""
 
     rtp_port: int = 40000
+    supported: SupportedCodecs = SUPPORTED
     reject: SipReject | None = None
     invite_delay_s: float = 0.0
     invites: list[tuple[CallInfo, MediaOffer]] = field(default_factory=list)
@@ -26,6 +32,9 @@ class RecordingApp:
     def _poke(self) -> None:
         self.changed.set()
 
+    def supported_codecs(self) -> SupportedCodecs:
+        return self.supported
+
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
         self.invites.append((info, offer))
         self._poke()
@@ -33,7 +42,7 @@ class RecordingApp:
             await asyncio.sleep(self.invite_delay_s)
         if self.reject is not None:
             raise self.reject
-        codec, dtmf = choose_codec(offer)
+        codec, dtmf = negotiate(offer, self.supported)
         return MediaAnswer(info.local_host, self.rtp_port, codec, dtmf)
 
     async def on_established(self, dialog: Dialog) -> None:
@@ -43,7 +52,7 @@ class RecordingApp:
     async def on_reinvite(self, dialog: Dialog, offer: MediaOffer) -> MediaAnswer:
         self.reinvites.append(offer)
         self._poke()
-        codec, dtmf = choose_codec(offer)
+        codec, dtmf = negotiate(offer, self.supported)
         return MediaAnswer(dialog.info.local_host, self.rtp_port, codec, dtmf)
 
     async def on_info(self, dialog: Dialog, content_type: str, body: bytes) -> None:

@@ -11,11 +11,12 @@ from sip.sdp import (
     NoCommonCodec,
     SdpError,
     build_answer,
-    choose_codec,
+    negotiate,
     negotiate_direction,
     parse_offer,
     parse_sdp,
 )
+from tests.sip.fakeapp import SUPPORTED
 
 OFFER = """v=0
 o=alice 2890844526 2890844526 IN IP4 host.example.com
@@ -58,7 +59,7 @@ def test_choose_first_supported_codec(
 ) -> None:
     media = parse_offer(offer(*formats))
     assert media.address == "192.0.2.10" and media.port == 49170
-    codec, event = choose_codec(media)
+    codec, event = negotiate(media, SUPPORTED)
     assert (codec.name, codec.clock_rate, codec.channels) == (name, rate, channels)
     assert (event.payload_type if event else None) == dtmf
     if name == "opus":
@@ -67,8 +68,35 @@ def test_choose_first_supported_codec(
 
 def test_nothing_in_common_is_488() -> None:
     with pytest.raises(NoCommonCodec) as info:
-        choose_codec(parse_offer(offer("18", "101")))
+        negotiate(parse_offer(offer("18", "101")), SUPPORTED)
     assert isinstance(info.value, SipReject) and info.value.status == 488
+
+
+def test_supported_set_comes_from_the_caller() -> None:
+    media = parse_offer(offer("0", "8", "101"))
+    codec, dtmf = negotiate(media, {("pcma", 8000, 1)})
+    assert codec.name == "PCMA" and dtmf is not None and dtmf.payload_type == 101
+    with pytest.raises(NoCommonCodec):
+        negotiate(media, {("opus", 48000, 2)})
+    assert negotiate(parse_offer(offer("18")), {("g729", 8000, 1)})[0].name == "G729"
+
+
+@pytest.mark.parametrize(
+    ("formats", "prefer", "name", "dtmf"),
+    [
+        (("0", "96", "101"), Codec("opus", 96, 48000, 2), "opus", None),  # no DTMF at 8 kHz
+        (("0", "96", "101", "102"), Codec("opus", 96, 48000, 2), "opus", 102),
+        (("8", "0", "101"), Codec("PCMU", 0, 8000), "PCMU", 101),
+        (("8", "0"), Codec("opus", 96, 48000, 2), "PCMA", None),  # no longer offered
+        (("8", "0"), Codec("PCMU", 5, 8000), "PCMA", None),  # other payload type: a change
+    ],
+)
+def test_codec_in_use_is_kept_while_offered(
+    formats: tuple[str, ...], prefer: Codec, name: str, dtmf: int | None
+) -> None:
+    codec, event = negotiate(parse_offer(offer(*formats)), SUPPORTED, prefer=prefer)
+    assert codec.name == name
+    assert (event.payload_type if event else None) == dtmf
 
 
 @pytest.mark.parametrize(
@@ -83,7 +111,7 @@ def test_nothing_in_common_is_488() -> None:
 def test_direction_mirrored(offered: str, answered: str) -> None:
     media = parse_offer(offer("0", extra=f"a={offered}\n"))
     assert media.direction == offered
-    codec, _ = choose_codec(media)
+    codec, _ = negotiate(media, SUPPORTED)
     body = build_answer(
         MediaAnswer("198.51.100.1", 30000, codec),
         1,
@@ -104,7 +132,7 @@ def test_session_level_direction_and_old_hold() -> None:
 def test_answer_rejects_other_streams_and_has_ptime() -> None:
     sd = parse_sdp(offer("96", "102"))
     media = parse_offer(offer("96", "102"))
-    codec, dtmf = choose_codec(media)
+    codec, dtmf = negotiate(media, SUPPORTED)
     body = build_answer(MediaAnswer("198.51.100.1", 30000, codec, dtmf), 42, 3, offer=sd).decode()
     lines = body.split("\r\n")
     assert "o=voicebridge 42 3 IN IP4 198.51.100.1" in lines
@@ -120,7 +148,7 @@ def test_answer_rejects_other_streams_and_has_ptime() -> None:
 
 def test_opus_answer_without_matching_telephone_event_has_no_dtmf() -> None:
     sd = parse_sdp(offer("96", "101"))
-    codec, dtmf = choose_codec(parse_offer(offer("96", "101")))
+    codec, dtmf = negotiate(parse_offer(offer("96", "101")), SUPPORTED)
     assert dtmf is None
     body = build_answer(MediaAnswer("198.51.100.1", 30000, codec, dtmf), 1, offer=sd).decode()
     assert "m=audio 30000 RTP/AVP 96\r\n" in body
@@ -130,7 +158,7 @@ def test_opus_answer_without_matching_telephone_event_has_no_dtmf() -> None:
 @pytest.mark.parametrize("proto", ["RTP/AVP", "RTP/AVPF"])
 def test_answer_keeps_offered_transport(proto: str) -> None:
     text = offer("0", "101").replace("m=audio 49170 RTP/AVP", f"m=audio 49170 {proto}")
-    codec, dtmf = choose_codec(parse_offer(text))
+    codec, dtmf = negotiate(parse_offer(text), SUPPORTED)
     body = build_answer(
         MediaAnswer("198.51.100.1", 30000, codec, dtmf), 1, offer=parse_sdp(text)
     ).decode()
@@ -194,7 +222,7 @@ _LINE = st.one_of(
 def test_sdp_parser_only_raises_its_own_errors(lines: list[str], raw: bytes) -> None:
     for body in ("\n".join(lines).encode(), raw):
         try:
-            choose_codec(parse_offer(body))
+            negotiate(parse_offer(body), SUPPORTED)
         except (SdpError, NoCommonCodec):
             pass
 

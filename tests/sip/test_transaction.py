@@ -43,6 +43,17 @@ class Recorder:
         self.terminated += 1
 
 
+def answered_invite(
+    status: int, reason: str, reliable: bool = False
+) -> tuple[ManualScheduler, Recorder, InviteServerTransaction]:
+    """An INVITE server transaction that has just sent a final `status`."""
+    clock = ManualScheduler()
+    rec = Recorder(clock)
+    txn = InviteServerTransaction(request(), rec.send, clock, T, reliable, rec.done)
+    txn.respond(response_to(request(), status, reason, to_tag="x"))
+    return clock, rec, txn
+
+
 def test_2xx_retransmission_schedule_and_give_up() -> None:
     clock = ManualScheduler()
     rec = Recorder(clock)
@@ -89,10 +100,7 @@ def test_invite_non_2xx_timer_g_then_h() -> None:
 
 
 def test_invite_ack_stops_g_and_timer_i_absorbs() -> None:
-    clock = ManualScheduler()
-    rec = Recorder(clock)
-    txn = InviteServerTransaction(request(), rec.send, clock, T, False, rec.done)
-    txn.respond(response_to(request(), 487, "Request Terminated", to_tag="x"))
+    clock, rec, txn = answered_invite(487, "Request Terminated")
     clock.advance(0.6)
     txn.receive_request(request("ACK"))
     assert txn.state == "confirmed"
@@ -105,10 +113,7 @@ def test_invite_ack_stops_g_and_timer_i_absorbs() -> None:
 
 
 def test_invite_over_tcp_has_no_timer_g() -> None:
-    clock = ManualScheduler()
-    rec = Recorder(clock)
-    txn = InviteServerTransaction(request(), rec.send, clock, T, True, rec.done)
-    txn.respond(response_to(request(), 503, "Service Unavailable", to_tag="x"))
+    clock, rec, txn = answered_invite(503, "Service Unavailable", reliable=True)
     clock.advance(40)
     assert rec.sent == [(0.0, 503)] and txn.state == "terminated"
 

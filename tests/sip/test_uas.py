@@ -190,13 +190,19 @@ async def test_info_reaches_app(uas: UserAgentServer, app: RecordingApp) -> None
         assert app.infos == [("application/dtmf-relay", body.encode())]
 
 
+async def _held_call(client: SipClient, payload_type: int) -> tuple[Call, SipResponse, SipResponse]:
+    """An established call, then a sendonly re-INVITE (CSeq 2) offering `payload_type`:
+    the call, the 200 to the INVITE and the 200 to the re-INVITE."""
+    call = Call(client)
+    first = await call.establish()
+    call.cseq = 2
+    client.send(call.request("INVITE", body=sdp_offer((payload_type, 101), "sendonly")))
+    return call, first, await client.expect(200)
+
+
 async def test_reinvite_hold_and_cseq_order(uas: UserAgentServer, app: RecordingApp) -> None:
     async with SipClient(uas.local_port) as client:
-        call = Call(client)
-        first = await call.establish()
-        call.cseq = 2
-        client.send(call.request("INVITE", body=sdp_offer((8, 101), "sendonly")))
-        ok = await client.expect(200)
+        call, first, ok = await _held_call(client, 8)
         body = ok.body.decode()
         assert "a=recvonly" in body and "RTP/AVP 8 101" in body
         assert " 2 IN IP4" in body and " 1 IN IP4" in first.body.decode()  # o= version bumped
@@ -215,11 +221,7 @@ async def test_offerless_reinvite_keeps_hold_and_version(
     uas: UserAgentServer, app: RecordingApp
 ) -> None:
     async with SipClient(uas.local_port) as client:
-        call = Call(client)
-        first = await call.establish()
-        call.cseq = 2
-        client.send(call.request("INVITE", body=sdp_offer((0, 101), "sendonly")))
-        held = await client.expect(200)
+        call, first, held = await _held_call(client, 0)
         client.send(call.ack())
         assert "a=recvonly" in held.body.decode()
         assert _o_version(held.body) == str(int(_o_version(first.body)) + 1)

@@ -19,8 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from bridge.config import Settings, load_settings
+from bridge.doors.sip import SipDoor, SipService, start_sip
 from bridge.tools.echo import EchoCalls
-from bridge.doors.sip import SipService, start_sip
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,6 +61,22 @@ def door_settings(**overrides: Any) -> Settings:
     return load_settings(**values)
 
 
+@asynccontextmanager
+async def media_door(
+    calls: EchoCalls | None = None, **overrides: Any
+) -> AsyncIterator[tuple[SipDoor, EchoCalls, socket.socket]]:
+    """A `SipDoor` driven without a UAS (settings from `door_settings(**overrides)`, a silent
+    echo manager unless `calls` is given) and a caller-side UDP socket; both closed after."""
+    calls = calls if calls is not None else EchoCalls(echo=False)
+    door = SipDoor(door_settings(**overrides), calls)
+    sock = udp_socket()
+    try:
+        yield door, calls, sock
+    finally:
+        await door.close()
+        sock.close()
+
+
 @dataclass
 class EchoDoor:
     """A running SIP door wired to an echo call manager."""
@@ -91,6 +107,14 @@ async def run_sipp(target: str, **kwargs: Any) -> Any:
     kwargs.setdefault("timeout_s", 60)
     cfg = runner.RunConfig(target=target, **kwargs)
     return await asyncio.to_thread(runner.run, cfg)
+
+
+async def sipp_clean(target: str, calls: int, **kwargs: Any) -> Any:
+    """`calls` SIPp calls at once (`run_sipp`); every one must complete, none fail, nothing
+    unexpected arrive."""
+    result = await run_sipp(target, calls=calls, concurrency=calls, **kwargs)
+    assert (result.calls_completed, result.calls_failed, result.unexpected) == (calls, 0, 0)
+    return result
 
 
 def frame_rms_db(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.processes import voicebridge_serving
 from tests.sipdoor.helpers import REPO, load_runner, rtp_range
 from tests.support import free_port
 
@@ -72,28 +72,9 @@ def running_bridge(workdir: Path, **extra_env: str) -> Iterator[Bridge]:
         **extra_env,
     }
     log = workdir / "bridge.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve"],
-            cwd=workdir,  # no developer .env
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while "voicebridge ready" not in log.read_text(errors="replace"):
-            assert process.poll() is None, log.read_text(errors="replace")[-3000:]
-            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-            time.sleep(0.2)
+    command = [sys.executable, "-m", "bridge", "serve"]
+    with voicebridge_serving(command, log, workdir, env):  # workdir: no developer .env
         yield Bridge(http_port, sip_port, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
 
 
 @pytest.fixture

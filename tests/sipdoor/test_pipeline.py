@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from bridge.backends import build_backends
-from bridge.calls import CallManager
 from bridge.doors.sip import start_sip
 from bridge.metrics import Metrics
+from bridge.pipeline.manager import CallManager
 from media.g711 import ulaw_decode
 from media.resample import resample
 from media.rtp import parse_rtp
-from tests.backends.doubles import OllamaDouble, serve
+from tests.fakes.backend_servers import OllamaDouble, serve
 from tests.sipdoor.helpers import door_settings, run_sipp
 from tests.support import espeak_pcm, wav_bytes, with_silence, word_error_rate
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,14 +19,14 @@ import numpy as np
 import pytest
 
 from bridge.backends.base import Audio
-from bridge.tools.echo import EchoCalls
 from bridge.doors.sip import SipDoor
+from bridge.tools.echo import EchoCalls
 from media.dtmf import build_telephone_event
 from media.g711 import ulaw_decode, ulaw_encode
 from media.opus import OpusEncoder
 from media.rtp import RtpPacket, parse_rtp
 from sip.api import CallInfo, Codec, MediaOffer, SipReject
-from tests.sipdoor.helpers import door_settings, udp_socket
+from tests.sipdoor.helpers import door_settings, media_door, udp_socket
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,16 +50,8 @@ def _info(call_id: str) -> CallInfo:
 
 
 async def _receive(sock: socket.socket, seconds: float) -> list[tuple[float, RtpPacket]]:
-    loop = asyncio.get_running_loop()
-    out: list[tuple[float, RtpPacket]] = []
-    end = loop.time() + seconds
-    while (left := end - loop.time()) > 0:
-        try:
-            data = await asyncio.wait_for(loop.sock_recv(sock, 2048), left)
-        except TimeoutError:
-            break
-        out.append((loop.time(), parse_rtp(data)))
-    return out
+    """Every packet that arrives within `seconds`."""
+    return await _receive_at_least(sock, sys.maxsize, seconds)
 
 
 async def _receive_at_least(
@@ -107,10 +100,7 @@ def _tone(seconds: float, rate: int, hz: float = 440.0, level: float = 0.3) -> n
 
 
 async def test_paced_rtp_out_is_well_formed() -> None:
-    calls = EchoCalls(echo=False)
-    door = SipDoor(door_settings(), calls)
-    sock = udp_socket()
-    try:
+    async with media_door() as (door, calls, sock):
         dialog, _ = await _open(door, sock)
         (call,) = calls.calls.values()
         await call.sink.send_audio(Audio(_tone(0.3, 16000), 16000))
@@ -136,16 +126,10 @@ async def test_paced_rtp_out_is_well_formed() -> None:
         assert abs(float(np.mean(gaps)) - 0.020) < 0.002
         assert float(np.percentile(gaps, 5)) > 0.010
         assert not dialog.hangups
-    finally:
-        await door.close()
-        sock.close()
 
 
 async def test_caller_audio_dtmf_garbage_and_barge_in() -> None:
-    calls = EchoCalls(echo=False)
-    door = SipDoor(door_settings(), calls)
-    sock = udp_socket()
-    try:
+    async with media_door() as (door, calls, sock):
         _, rtp_port = await _open(door, sock)
         (call,) = calls.calls.values()
         tone = _tone(1.0, 8000)
@@ -182,16 +166,10 @@ async def test_caller_audio_dtmf_garbage_and_barge_in() -> None:
         assert session.queued_ms >= 1900
         call.sink.clear_audio()
         assert session.queued_ms == 0
-    finally:
-        await door.close()
-        sock.close()
 
 
 async def test_hold_stops_sending_and_unhold_resumes() -> None:
-    calls = EchoCalls(echo=False)
-    door = SipDoor(door_settings(), calls)
-    sock = udp_socket()
-    try:
+    async with media_door() as (door, _, sock):
         dialog, _ = await _open(door, sock)
         port = sock.getsockname()[1]
         assert len(await _receive_at_least(sock, 7)) >= 7
@@ -226,16 +204,10 @@ async def test_hold_stops_sending_and_unhold_resumes() -> None:
         after = [p for _, p in await _receive_at_least(sock, 12) if p.payload_type == 111]
         assert len(after) >= 7 and after[0].marker
         assert after[0].ssrc == before[-1][1].ssrc
-    finally:
-        await door.close()
-        sock.close()
 
 
 async def test_rtp_inactivity_sends_bye() -> None:
-    calls = EchoCalls()
-    door = SipDoor(door_settings(rtp_timeout_s=0.5), calls)
-    sock = udp_socket()
-    try:
+    async with media_door(EchoCalls(), rtp_timeout_s=0.5) as (door, calls, sock):
         dialog, _ = await _open(door, sock)
         await asyncio.sleep(1.0)
         assert len(dialog.hangups) == 1
@@ -243,16 +215,10 @@ async def test_rtp_inactivity_sends_bye() -> None:
         (call,) = calls.calls.values()
         assert call.closed_reason == "bye"
         assert door.active == {}
-    finally:
-        await door.close()
-        sock.close()
 
 
 async def test_opus_call_round_trip() -> None:
-    calls = EchoCalls(chunk_ms=100)
-    door = SipDoor(door_settings(), calls)
-    sock = udp_socket()
-    try:
+    async with media_door(EchoCalls(chunk_ms=100)) as (door, calls, sock):
         _, rtp_port = await _open(door, sock, codecs=(OPUS, EVENTS))
         encoder = OpusEncoder()
         tone = _tone(1.0, 48000)
@@ -267,9 +233,6 @@ async def test_opus_call_round_trip() -> None:
         assert len(call.audio) >= 0.9 * 16000
         assert {p.payload_type for _, p in back} == {111}
         assert {p.timestamp - back[0][1].timestamp for _, p in back[:3]} == {0, 960, 1920}
-    finally:
-        await door.close()
-        sock.close()
 
 
 async def test_no_free_rtp_port_is_503_and_the_call_is_released() -> None:
@@ -298,10 +261,7 @@ async def test_no_free_rtp_port_is_503_and_the_call_is_released() -> None:
 
 
 async def test_sip_info_digits() -> None:
-    calls = EchoCalls(echo=False)
-    door = SipDoor(door_settings(), calls)
-    sock = udp_socket()
-    try:
+    async with media_door() as (door, calls, sock):
         dialog, _ = await _open(door, sock)
         await door.on_info(dialog, "application/dtmf-relay", b"Signal=7\r\nDuration=160\r\n")
         await door.on_info(dialog, "application/dtmf", b"#")
@@ -309,9 +269,6 @@ async def test_sip_info_digits() -> None:
         await door.on_info(dialog, "text/plain", b"9")
         (call,) = calls.calls.values()
         assert call.digits == ["7", "#"]
-    finally:
-        await door.close()
-        sock.close()
 
 
 class GreetingCalls(EchoCalls):
@@ -324,49 +281,35 @@ class GreetingCalls(EchoCalls):
 
 
 async def test_greeting_queued_at_open_is_played() -> None:
-    door = SipDoor(door_settings(), GreetingCalls(echo=False))
-    sock = udp_socket()
-    try:
+    async with media_door(GreetingCalls(echo=False)) as (door, _, sock):
         await _open(door, sock)
         packets = [p for _, p in await _receive(sock, 0.5)]
         loud = [np.abs(ulaw_decode(p.payload).astype(int)).max() > 1000 for p in packets]
         assert sum(loud) == 10
-    finally:
-        await door.close()
-        sock.close()
 
 
 async def test_pipeline_hangup_lets_the_goodbye_play_shutdown_does_not() -> None:
-    calls = EchoCalls(echo=False)
-    door = SipDoor(door_settings(), calls)
-    sock, sock2 = udp_socket(), udp_socket()
+    sock2 = udp_socket()
     try:
-        dialog, _ = await _open(door, sock, call_id="bye1")
-        dialog2, _ = await _open(door, sock2, call_id="bye2")
-        one, two = calls.calls["bye1"], calls.calls["bye2"]
-        for call in (one, two):
-            await call.sink.send_audio(Audio(_tone(0.5, 8000), 8000))
-        started = time.monotonic()
-        await asyncio.gather(one.sink.hangup("goodbye"), two.sink.hangup("shutdown"))
-        assert dialog.hangups[0] - started >= 0.4  # after the 0.5 s goodbye played out
-        assert dialog2.hangups[0] - started < 0.1
+        async with media_door() as (door, calls, sock):
+            dialog, _ = await _open(door, sock, call_id="bye1")
+            dialog2, _ = await _open(door, sock2, call_id="bye2")
+            one, two = calls.calls["bye1"], calls.calls["bye2"]
+            for call in (one, two):
+                await call.sink.send_audio(Audio(_tone(0.5, 8000), 8000))
+            started = time.monotonic()
+            await asyncio.gather(one.sink.hangup("goodbye"), two.sink.hangup("shutdown"))
+            assert dialog.hangups[0] - started >= 0.4  # after the 0.5 s goodbye played out
+            assert dialog2.hangups[0] - started < 0.1
     finally:
-        await door.close()
-        sock.close()
         sock2.close()
 
 
 async def test_unspecified_remote_sends_nothing_until_rtp_arrives() -> None:
-    calls = EchoCalls(echo=False)
-    door = SipDoor(door_settings(), calls)
-    sock = udp_socket()
-    try:
+    async with media_door() as (door, _, sock):
         answer = await door.on_invite(_info("h0"), MediaOffer("0.0.0.0", 0, (PCMU,)))
         await door.on_established(FakeDialog(_info("h0")))
         assert await _receive(sock, 0.2) == []
         packet = RtpPacket(0, 1, 160, 5, ulaw_encode(np.zeros(160, np.int16)))
         sock.sendto(packet.serialize(), ("127.0.0.1", answer.port))
         assert len(await _receive(sock, 0.2)) >= 7  # latched onto our socket
-    finally:
-        await door.close()
-        sock.close()

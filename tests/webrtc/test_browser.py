@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -23,29 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.fakes.browser import CHROMIUM, chromium_with_microphone
+from tests.fakes.processes import VOICEBRIDGE, voicebridge_serving
 from tests.support import free_port, word_error_rate
 from tests.webrtc.conftest import SPOKEN
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "webrtc-call.png"
-CHROMIUM_FLAGS = [
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--autoplay-policy=no-user-gesture-required",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TURN_TIMEOUT_MS = 30_000
 
 
@@ -76,30 +65,10 @@ def bridge(tmp_path_factory: pytest.TempPathFactory, ice_ip: str) -> Iterator[Br
     port = free_port()
     log = tmp_path_factory.mktemp("bridge") / "bridge.log"
     env = os.environ | {"LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-    command = [str(ROOT / ".venv/bin/voicebridge"), "serve", "--no-sip", "--host", "127.0.0.1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*command, "--port", str(port)],
-            cwd=tmp_path_factory.mktemp("cwd"),  # no stray .env
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while b"voicebridge ready" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the bridge did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield Bridge(url, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    command = [VOICEBRIDGE, "serve", "--no-sip", "--host", "127.0.0.1", "--port", str(port)]
+    cwd = tmp_path_factory.mktemp("cwd")  # no stray .env
+    with voicebridge_serving(command, log, cwd, env):  # RuntimeError with the log tail
+        yield Bridge(f"http://127.0.0.1:{port}", log)
 
 
 @pytest.fixture(scope="module")
@@ -107,16 +76,8 @@ def chromium(speech_wav: Path) -> Iterator[Browser]:
     """Headless Debian Chromium whose fake microphone speaks the test question."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={speech_wav}"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium_with_microphone(speech_wav) as browser:
+        yield browser
 
 
 @pytest.fixture

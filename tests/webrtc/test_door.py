@@ -1,8 +1,8 @@
 """The WebRTC door against a real aiortc peer (the browser tests use Chromium).
 
 The pipeline side is a recording `CallOpener`: these tests check the door (signalling, media
-conversion, events, hang-up, limits, static files); tests/webrtc/test_browser.py runs the
-real app with the real pipeline behind a real browser.
+conversion, events, hang-up, limits) and the page it is served with (`bridge.web_page`);
+tests/webrtc/test_browser.py runs the real app with the real pipeline behind a real browser.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import fractions
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,60 +25,15 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
+from bridge import web_page
 from bridge.backends.base import Audio
 from bridge.config import load_settings
-from bridge.contract import CallLimitExceeded, CallOptions
+from bridge.contract import CallOptions, MetricsEvent
 from bridge.doors import webrtc
+from tests.fakes.calls import RecordingCalls
 from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@dataclass
-class RecordedCall:
-    """What the door did to one call's pipeline handle."""
-
-    options: CallOptions
-    sink: webrtc.WebRtcSession
-    call_id: str = "rec"
-    chunks: list[npt.NDArray[np.int16]] = field(default_factory=list)
-    digits: list[str] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    reason: str = ""
-
-    def feed(self, pcm16k: npt.NDArray[np.int16]) -> None:
-        assert pcm16k.dtype == np.int16 and pcm16k.ndim == 1
-        self.chunks.append(pcm16k)
-
-    def dtmf(self, digit: str) -> None:
-        self.digits.append(digit)
-
-    async def close(self, reason: str = "hangup") -> None:
-        if not self.closed.is_set():
-            self.reason = reason
-            self.closed.set()
-
-    @property
-    def samples(self) -> int:
-        return sum(len(c) for c in self.chunks)
-
-
-class RecordingCalls:
-    """A `CallOpener` that admits `limit` calls and records them."""
-
-    def __init__(self, limit: int = 10, refuse: Exception | None = None) -> None:
-        self.limit = limit
-        self.refuse = refuse
-        self.calls: list[RecordedCall] = []
-
-    async def open(self, options: CallOptions, sink: Any) -> RecordedCall:
-        if self.refuse is not None:
-            raise self.refuse
-        if sum(not c.closed.is_set() for c in self.calls) >= self.limit:
-            raise CallLimitExceeded("full")
-        call = RecordedCall(options, sink, call_id=options.call_id)
-        self.calls.append(call)
-        return call
 
 
 class Tone(MediaStreamTrack):
@@ -130,7 +85,8 @@ class Server:
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     calls = RecordingCalls(limit=1)
     app = web.Application()
-    door = webrtc.register(app, calls, load_settings(), web_root=tmp_path / "dist")
+    door = webrtc.register(app, calls, load_settings())
+    web_page.register(app, web_root=tmp_path / "dist")
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
@@ -208,7 +164,15 @@ async def test_media_events_and_caller_hangup(server: Server, ice_ip: str) -> No
         assert -21 < rms_db(heard) < -14
 
         # events: exactly the pipeline's JSON on the data channel
-        event = {"type": "metrics", "asr_ms": 140, "llm_ms": 210, "tts_ms": 180, "total_ms": 640}
+        event: MetricsEvent = {
+            "type": "metrics",
+            "asr_ms": 140,
+            "llm_ms": 210,
+            "tts_ms": 180,
+            "total_ms": 640,
+            "llm_first_token_ms": 95,
+            "interrupted": False,
+        }
         await call.sink.send_event(event)
         assert await asyncio.wait_for(client.events.get(), 5) == event
 

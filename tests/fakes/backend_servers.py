@@ -1,5 +1,5 @@
-"""In-test servers speaking whisper.cpp's `/inference` and Ollama's `/api/chat` wire formats,
-plus an OpenAI-style SSE server for the failure cases a real server will not produce.
+"""In-test backend servers speaking whisper.cpp's `/inference` and Ollama's `/api/chat` wire
+formats, plus an OpenAI-style SSE server for the failure cases a real server will not produce.
 
 Each double records what it received so tests can assert the request shape, and has a
 `mode` that makes it misbehave the way real servers do: slow, erroring, truncated, garbage.
@@ -33,6 +33,13 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def routes(*table: web.RouteDef) -> web.Application:
+    """An aiohttp application serving `table` (`web.get(...)`, `web.post(...)`)."""
+    app = web.Application()
+    app.add_routes(table)
+    return app
+
+
 async def _abort(request: web.Request, response: web.StreamResponse | None = None) -> None:
     """Drop the connection mid-reply, as a crashing server does."""
     if response is not None:
@@ -53,10 +60,7 @@ class WhisperCppDouble:
     max_in_flight: int = 0
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/", self._index)
-        app.router.add_post("/inference", self._inference)
-        return app
+        return routes(web.get("/", self._index), web.post("/inference", self._inference))
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -150,10 +154,7 @@ class OllamaDouble:
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/api/tags", self._tags)
-        app.router.add_post("/api/chat", self._chat)
-        return app
+        return routes(web.get("/api/tags", self._tags), web.post("/api/chat", self._chat))
 
     async def _tags(self, request: web.Request) -> web.Response:
         return web.json_response({"models": [{"name": "llama3.2:3b", "model": "llama3.2:3b"}]})
@@ -216,10 +217,9 @@ class SseDouble:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_get("/v1/models", self._models)
-        return app
+        return routes(
+            web.post("/v1/chat/completions", self._chat), web.get("/v1/models", self._models)
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from bridge.call import BackendSet, Call, Pools
 from bridge.config import Settings
 from bridge.contract import CallLimitExceeded, CallOptions, CallSink
 from bridge.metrics import Metrics
+from bridge.pipeline.call import Call
+from bridge.pipeline.pools import BackendSet, Pools
+from sip.tasks import TaskSet
 
 __all__ = ["CallManager", "UnknownTtsEngine"]
 
@@ -99,9 +101,10 @@ class CallManager:
             finally:
                 await call.close("shutdown")
 
-        tasks = [asyncio.ensure_future(end(call)) for call in calls]
-        _, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
+        endings = TaskSet("shutdown", log)
+        for call in calls:
+            endings.spawn(end(call), call.call_id)
+        if not await endings.wait(grace_s):
+            await endings.cancel_all()
         for call in list(self._calls.values()):
             await call.close("shutdown")
