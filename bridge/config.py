@@ -14,6 +14,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from sip.access import DEFAULT_ALLOW_FROM, AddressFilter
+from sip.auth import parse_users
+
 AsrBackend = Literal["embedded", "whispercpp"]
 LlmBackend = Literal["embedded", "ollama", "openai"]
 TtsBackend = Literal["embedded", "http"]
@@ -134,9 +137,52 @@ class Settings(BaseSettings):
     shutdown_grace_s: Seconds = 5.0
     ws_max_frame_bytes: int = Field(65536, ge=1024)
 
-    @field_validator("ice_servers", mode="before")
+    # Access control (voicebridge): who may use the doors at all
+    allow_from: str = DEFAULT_ALLOW_FROM
+    """CIDR list admitted by every door (SIP, /ws/call, /webrtc/*, /metrics); the default
+    admits loopback and private ranges only. Others get SIP 403 / HTTP 403."""
+    sip_auth_users: str = ""
+    """`user:password`, `user:md5:<HA1>` or `user:sha256:<HA1>`, comma-separated; empty = no
+    digest authentication of INVITEs."""
+    sip_auth_realm: str = "voicebridge"
+    access_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Bearer tokens for /ws/call and /webrtc/offer (`Authorization: Bearer` or `?token=`);
+    empty = no token needed."""
+    turn_secret: str = ""
+    """coturn `static-auth-secret`: TURN credentials are minted per admitted client, valid
+    for TURN_TTL_S; empty = the ICE_SERVERS URLs are handed out as they are."""
+    turn_ttl_s: Count = 3600
+    sip_max_requests_per_s: float = Field(500.0, gt=0)
+    """Requests per second one source address may send (token bucket, burst of one second's
+    worth); high enough for a SIPp load test from one address."""
+    max_call_duration_s: Seconds = 3600.0
+    """A call is ended with a BYE (or close) after this long, whatever it does."""
+    rtp_hold_timeout_s: Seconds = 300.0
+    """A call that sends no media because it is on hold or inactive is ended after this long."""
+    ws_send_timeout_s: Seconds = 10.0
+    """A WebSocket client that reads nothing for this long is closed (1008) and its call freed."""
+
+    # Faults and deploys (voicebridge)
+    asr_timeout_s: Seconds = 8.0
+    llm_first_token_timeout_s: Seconds = 8.0
+    tts_timeout_s: Seconds = 8.0
+    """Per-stage budgets on the caller's path; past one the caller hears a fallback phrase."""
+    fallback_repeat_text: str = "Sorry, I didn't catch that, could you say it again?"
+    """Spoken when speech recognition fails."""
+    fallback_trouble_text: str = "I'm having trouble right now, one moment please."
+    """Spoken when the LLM or TTS fails; synthesized at start-up, so it plays when TTS is down."""
+    breaker_failures: Count = 3
+    """Consecutive failures that open a backend's circuit breaker."""
+    breaker_cooldown_s: Seconds = 10.0
+    """How long an open breaker skips its backend before one probe request goes through."""
+    drain_timeout_s: Seconds = 300.0
+    """On SIGTERM: how long active calls may go on while no new call is admitted."""
+    history_messages: Count = 12
+    """User/assistant messages of history kept per call and sent to the LLM."""
+
+    @field_validator("ice_servers", "access_tokens", mode="before")
     @classmethod
-    def _split_ice_servers(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -148,6 +194,19 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allow_from")
+    @classmethod
+    def _check_allow_from(cls, value: str) -> str:
+        AddressFilter.parse(value)  # a bad entry raises ValueError naming it
+        return value
+
+    @field_validator("sip_auth_users")
+    @classmethod
+    def _check_auth_users(cls, value: str) -> str:
+        if value.strip():
+            parse_users(value)
+        return value
 
     @model_validator(mode="after")
     def _check_rtp_range(self) -> Settings:
@@ -190,9 +249,12 @@ def load_settings(**overrides: Any) -> Settings:
         loc = error.get("loc") or ()
         if loc and isinstance(loc[0], str) and loc[0] in Settings.model_fields:
             name = loc[0]
-            raise ConfigError(
-                f"invalid {name.upper()}={error.get('input')!r}: expected {_accepted(name)}"
-            ) from None
+            why = (
+                str(error.get("msg", "")).removeprefix("Value error, ")
+                if error.get("type") == "value_error"
+                else f"expected {_accepted(name)}"
+            )
+            raise ConfigError(f"invalid {name.upper()}={error.get('input')!r}: {why}") from None
         raise ConfigError(f"invalid configuration: {error.get('msg')}") from None
     except SettingsError as exc:
         raise ConfigError(f"invalid configuration: {exc}") from None

@@ -48,6 +48,8 @@ def test_dotenv_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None
         ("GATEWAY_PORT", "70000", "GATEWAY_PORT='70000': expected int >= 1 and <= 65535"),
         ("BARGE_IN", "maybe", "BARGE_IN='maybe': expected true or false"),
         ("DEFAULT_TTS_ENGINE", "festival", "expected one of piper, coqui"),
+        ("ALLOW_FROM", "10.0.0.0/8,bogus", "ALLOW_FROM='10.0.0.0/8,bogus': bad address or CIDR"),
+        ("SIP_AUTH_USERS", "alice", "SIP_AUTH_USERS entry 'alice' is not user:password"),
     ],
 )
 def test_bad_value_is_one_line_naming_variable(
