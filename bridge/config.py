@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     max_concurrent_calls: Count = 100
     """Over it, SIP answers 503 and the WebSocket door closes with 1013."""
     asr_pool_size: Count = 10
-    """ASR requests in flight; a whisper.cpp server serves one at a time, so match the number
-    of servers behind WHISPER_URL."""
+    """ASR requests in flight per server listed in WHISPER_URL (a whisper.cpp server serves
+    one at a time: 1 per server is right for whisper.cpp)."""
     llm_pool_size: Count = 10
     """LLM streams in flight (Ollama, an OpenAI-compatible server or the embedded model)."""
     tts_pool_size: Count = 10

@@ -109,10 +109,12 @@ class Metrics:
         )
         for outcome in ("hit", "miss", "skipped"):
             self.asr_speculation.labels(outcome=outcome)
-        self.calls_rejected = self._per_door(
-            Counter,
+        self.calls_rejected = Counter(
             "pipeline_calls_rejected_total",
-            "Calls refused at a door (over MAX_CONCURRENT_CALLS or shutting down).",
+            "Calls refused at a door, by reason: full (MAX_CONCURRENT_CALLS), draining, "
+            "duplicate (call id in use), bad_request, no_codec, no_port.",
+            ["door", "reason"],
+            registry=r,
         )
         self.rtp_packets_received = self._per_door(
             Counter, "rtp_packets_received_total", "RTP packets received."
@@ -129,6 +131,12 @@ class Metrics:
             Gauge,
             "jitter_buffer_depth_frames",
             "Frames waiting in jitter buffers, summed over a door's calls.",
+        )
+        self.backend_up = Gauge(
+            "pipeline_backend_up",
+            "1 while some server of a backend has a closed circuit breaker, 0 while all are open.",
+            ["backend"],
+            registry=r,
         )
 
         # Labelled series exist from the first scrape (at 0), so every spec metric is
@@ -155,6 +163,10 @@ class Metrics:
     def error(self, stage: str, error_type: str) -> None:
         """Count one error at `stage` (asr, llm, tts, protocol, decode, ...)."""
         self.errors.labels(stage=stage, error_type=error_type).inc()
+
+    def backend_state(self, backend: str, up: bool) -> None:
+        """Set `pipeline_backend_up{backend}` (backend: asr, llm, tts_<engine>)."""
+        self.backend_up.labels(backend=backend).set(1 if up else 0)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format (for `/metrics`)."""

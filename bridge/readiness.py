@@ -39,14 +39,20 @@ async def readiness_report(
 ) -> tuple[bool, dict[str, Any]]:
     """(ready, body): ready when the bridge is `accepting` calls and ASR, LLM and the
     default TTS engine answer; other TTS engines are reported but optional (a laptop has no
-    Coqui server). `body` is `{"ready", "backends": {key: {backend, ready, required}}}`."""
+    Coqui server). A backend whose circuit breakers are all open is not ready. `body` is
+    `{"ready", "backends": {key: {backend, ready, required, breaker_open}}}`."""
     entries: dict[str, Probe] = {"asr": asr, "llm": llm}
     for engine, backend in tts.items():
         entries[f"tts_{engine}"] = backend
     results = await asyncio.gather(*(_check(b, timeout_s) for b in entries.values()))
     required = {"asr", "llm", f"tts_{default_tts_engine}"}
     report = {
-        key: {"backend": getattr(backend, "name", key), "ready": ok, "required": key in required}
+        key: {
+            "backend": getattr(backend, "name", key),
+            "ready": ok,
+            "required": key in required,
+            "breaker_open": not getattr(backend, "up", True),
+        }
         for (key, backend), ok in zip(entries.items(), results, strict=True)
     }
     ready = accepting and all(v["ready"] for k, v in report.items() if k in required)

@@ -23,6 +23,11 @@ did. Playout is driven by RTP timestamps:
 * Non-audio packets of the stream (`mark_received`, e.g. RFC 4733 events, whose
   timestamp stays at the event start) only count for loss; they never move
   the timestamp mapping.
+* The buffer is bounded twice over: a packet whose mapped timestamp lies further ahead
+  of the play clock than `playout_delay_ms + jump_ms` (a far-future timestamp on an old
+  sequence number, which no re-base can place) or that would take the buffer beyond
+  `max_packets` entries is dropped and counted in `out_of_window`, so a flood of hostile
+  packets costs each `push()` and `pop()` a bounded amount of work.
 * If the sender's clock runs fast and the buffer grows more than
   `max_excess_ms` beyond the playout delay, one frame is dropped per tick
   until it is back.
@@ -68,6 +73,8 @@ class JitterStats:
     invalid: int
     depth: int
     depth_ms: float
+    out_of_window: int = 0
+    """Packets dropped on arrival: too far ahead of the play clock, or the buffer full."""
 
 
 def _unwrap(value: int, reference: int, bits: int) -> int:
@@ -93,6 +100,7 @@ class JitterBuffer:
         max_conceal_frames: int = 5,
         max_excess_ms: int = 100,
         jump_ms: int = 300,
+        max_packets: int = 200,
     ) -> None:
         if clock_rate <= 0 or frame_samples <= 0:
             raise ValueError("clock_rate and frame_samples must be positive")
@@ -104,6 +112,8 @@ class JitterBuffer:
         self._max_conceal = max_conceal_frames
         self._excess = max_excess_ms * clock_rate // 1000
         self._jump = jump_ms * clock_rate // 1000
+        self.max_packets = max(1, max_packets)
+        """The most entries the buffer holds (200 = 4 s of 20 ms frames)."""
         self._silence = np.zeros(self.pcm_frame_samples, np.int16)
         self._buffer: dict[int, bytes] = {}  # mapped timestamp -> payload
         self._seen: set[int] = set()
@@ -130,6 +140,7 @@ class JitterBuffer:
         self._dropped = 0
         self._resyncs = 0
         self._invalid = 0
+        self._out_of_window = 0
 
     # ----------------------------------------------------------------- input
 
@@ -196,6 +207,16 @@ class JitterBuffer:
         if mapped < self._play_ts or mapped in self._buffer:
             self._late += 1
             return
+        self._store(mapped, payload)
+
+    def _store(self, mapped: int, payload: bytes) -> None:
+        """Buffer a payload if it lies inside the window ahead of the play clock and fits."""
+        if (
+            mapped - self._play_ts > self._delay + self._jump
+            or len(self._buffer) >= self.max_packets
+        ):
+            self._out_of_window += 1
+            return
         self._buffer[mapped] = payload
 
     def _continue_at(self, target: int) -> int:
@@ -225,7 +246,7 @@ class JitterBuffer:
         self._newest_mapped = target
         self._newest_seq = seq
         if payload is not None:
-            self._buffer[target] = payload
+            self._store(target, payload)
 
     def _rebase(self, seq: int, raw_ts: int, delta: int) -> int:
         """Map a new packet whose timestamp does not fit onto the play clock."""
@@ -323,4 +344,5 @@ class JitterBuffer:
             invalid=self._invalid,
             depth=len(self._buffer),
             depth_ms=1000.0 * depth_ts / self.clock_rate,
+            out_of_window=self._out_of_window,
         )

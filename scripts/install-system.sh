@@ -5,6 +5,8 @@ set -euo pipefail
 packages=(
   sip-tester
   baresip
+  sipvicious
+  sipsak
   espeak-ng
   sox
   ffmpeg

@@ -96,6 +96,12 @@ class CallApplication(Protocol):
         with none of them."""
         ...
 
+    def accepting_calls(self) -> bool:
+        """False while the application takes no new call (draining, full): a new INVITE
+        then gets 503 with Retry-After and OPTIONS gets 503, so a dispatcher probing with
+        OPTIONS takes this server out of rotation; in-dialog requests go on as before."""
+        ...
+
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
         """A new INVITE: allocate media and return the answer, or raise `SipReject`.
         The offer holds at least one supported codec; `sip.sdp.negotiate` picks it."""

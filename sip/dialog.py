@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from sip.api import CallInfo
-from sip.message import NameAddr, SipParseError, SipRequest, SipResponse, SipUri
+from sip.message import NameAddr, SipParseError, SipRequest, SipResponse, SipUri, split_list
 from sip.sdp import SessionDescription
 from sip.transport import DEFAULT_PORT, Source, TransportName
 
@@ -119,12 +119,12 @@ class SipDialog:
                 pass
 
     def destination(self) -> Target:
-        """Next hop for in-dialog requests: the first route (loose routing), else the
-        remote target; the transport from the URI, else the one the call arrived on."""
+        """Next hop for in-dialog requests (RFC 3261 §12.2.1.1): the first route of the
+        route set, else the remote target; the transport from the URI, else the one the
+        call arrived on. The host may be a name: the UAS resolves and checks it."""
         uri_text = self.route_set[0] if self.route_set else self.remote_target
-        try:
-            uri = SipUri.parse(NameAddr.parse(uri_text).uri if "<" in uri_text else uri_text)
-        except SipParseError:
+        uri = _uri(uri_text)
+        if uri is None:
             return Target(self.source.transport, *self.source.addr)
         transport_param = (uri.params.get("transport") or "").lower()
         transport: TransportName = (
@@ -137,10 +137,21 @@ class SipDialog:
         return Target(transport, uri.host, uri.port or DEFAULT_PORT)
 
     def new_request(self, method: str) -> SipRequest:
-        """An in-dialog request (no Via yet: the UAS adds it for the chosen transport)."""
+        """An in-dialog request (no Via yet: the UAS adds it for the chosen transport).
+        RFC 3261 §12.2.1.1: with a loose-routing first route (`;lr`) the Request-URI is
+        the remote target and the route set the Route headers; with a strict router the
+        Request-URI is that route's URI and the remote target goes last in Route."""
         self.local_cseq += 1
-        req = SipRequest(method=method, uri=self.remote_target)
-        for route in self.route_set:
+        routes = list(self.route_set)
+        request_uri = self.remote_target
+        first = _uri(routes[0]) if routes else None
+        if first is not None and "lr" not in first.params:
+            first.params.pop("method", None)  # not allowed in a Request-URI (§19.1.1)
+            first.headers = ""
+            request_uri = str(first)
+            routes = [*routes[1:], f"<{self.remote_target}>"]
+        req = SipRequest(method=method, uri=request_uri)
+        for route in routes:
             req.add("Route", route)
         req.add("Max-Forwards", "70")
         req.add("From", self.local_uri)
@@ -183,3 +194,16 @@ class SipDialog:
         status = response.status if response is not None else 0
         log.info("call_id=%s BYE answered %s", self.call_id, status or "(no answer)")
         self.host.dialog_ended(self, reason)
+
+
+def route_set_of(record_routes: list[str]) -> list[str]:
+    """The UAS route set from a request's Record-Route values, in order (§12.1.1), one
+    entry per route even when a header joins several with commas."""
+    return [entry for value in record_routes for entry in split_list(value)]
+
+
+def _uri(text: str) -> SipUri | None:
+    try:
+        return SipUri.parse(NameAddr.parse(text).uri if "<" in text else text)
+    except SipParseError:
+        return None

@@ -5,6 +5,14 @@ fresh server transaction, checks offers, asks the `CallApplication`, keeps one `
 per dialog and tells the application when each accepted call ends (exactly once). Every
 application callback runs as a task of its `TaskSet`, so a slow or failing one never holds
 up the router or another call.
+
+Before an initial INVITE reaches the application it must pass, in order: the server is
+running and the application accepts calls (else 503 with Retry-After: drain); digest
+authentication when the guard has an authenticator (401 challenge, 403 after repeated
+failures); its Call-ID is not that of a live dialog or an INVITE still in progress (else
+482 Loop Detected, and the first call is left alone); its source has fewer than the
+bound of INVITEs not yet answered or ACKed (else 503). In-dialog requests of a dialog so
+admitted need no new challenge: they are matched by Call-ID and both tags.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from sip.api import CallApplication, CallInfo, Direction, MediaAnswer, MediaOffer, SipReject
-from sip.dialog import DialogId, SipDialog
+from sip.dialog import DialogId, SipDialog, route_set_of
+from sip.guard import RETRY_AFTER_S, SipGuard
 from sip.message import (
     NameAddr,
     SipParseError,
@@ -100,12 +109,15 @@ class _CallState:
 class InviteHandler:
     """INVITE server transactions' user: calls, dialogs and the application callbacks."""
 
-    def __init__(self, app: CallApplication, core: Core) -> None:
+    def __init__(self, app: CallApplication, core: Core, guard: SipGuard | None = None) -> None:
         self.app = app
         self.core = core
+        self.guard = guard or SipGuard()
         self.running = False
         self.tasks = TaskSet("sip-uas", log)
         self._pending: dict[TxnKey, _PendingInvite] = {}
+        self._pending_calls: dict[str, TxnKey] = {}  # Call-ID -> its INVITE in progress
+        self.unacked: dict[str, set[object]] = {}  # source IP -> pending keys, early dialogs
         self._calls: dict[DialogId, _CallState] = {}
         self._by_remote: dict[tuple[str, str], DialogId] = {}  # (Call-ID, from-tag)
         self._live: set[str] = set()  # call-ids accepted by on_invite, not yet terminated
@@ -146,18 +158,84 @@ class InviteHandler:
         state = self._calls.get(dialog_id) if dialog_id is not None else None
         return state is not None and request.cseq.number <= state.invite_cseq
 
+    def accepting_calls(self) -> bool:
+        """False while shutting down or while the application refuses new calls."""
+        return self.running and self.app.accepting_calls()
+
     def on_invite(self, request: SipRequest, txn: InviteServerTransaction, source: Source) -> None:
-        """A new initial INVITE (100 Trying sent): answer it in a task."""
-        if not self.running:
-            respond(txn, 503, "Service Unavailable", new_tag())
+        """A new initial INVITE (100 Trying sent): admit it, then answer it in a task."""
+        if not self._admit(request, txn, source):
             return
+        key = txn_key(request, "INVITE")
         pending = _PendingInvite(request, txn, new_tag(), source)
-        self._pending[txn_key(request, "INVITE")] = pending
+        self._pending[key] = pending
+        self._pending_calls[request.call_id] = key
+        self._hold(source.addr[0], key)
         pending.task = self._spawn(self._run_invite(pending), request.call_id, "INVITE")
+
+    def _admit(self, request: SipRequest, txn: InviteServerTransaction, source: Source) -> bool:
+        """The checks before an initial INVITE makes state; answers and returns False."""
+        ip = source.addr[0]
+        busy = [("Retry-After", str(RETRY_AFTER_S))]
+        if not self.accepting_calls():
+            respond(txn, 503, "Service Unavailable", new_tag(), busy)
+            return False
+        auth = self.guard.auth
+        if auth is not None:
+            result = auth.verify(
+                "INVITE", request.get("Authorization"), ip, request_uri=request.uri
+            )
+            if result.outcome == "challenge":
+                challenge = [("WWW-Authenticate", value) for value in result.www_authenticate]
+                respond(txn, 401, "Unauthorized", new_tag(), challenge)
+                return False
+            if result.outcome == "forbidden":
+                log.warning("call_id=%s %s: too many failed authentications", request.call_id, ip)
+                respond(txn, 403, "Forbidden", new_tag())
+                return False
+        if self._call_id_in_use(request.call_id):
+            log.warning(
+                "call_id=%s INVITE from %s reuses a live Call-ID: 482",
+                request.call_id,
+                format_hostport(*source.addr),
+            )
+            respond(txn, 482, "Loop Detected", new_tag())
+            return False
+        if len(self.unacked.get(ip, ())) >= self.guard.max_unacked_invites_per_source:
+            self.guard.note(ip, "over the bound of unanswered or un-ACKed INVITEs: 503")
+            respond(txn, 503, "Service Unavailable", new_tag(), busy)
+            return False
+        return True
+
+    def _call_id_in_use(self, call_id: str) -> bool:
+        """A live dialog, or an INVITE not yet finally answered, has this Call-ID."""
+        if call_id in self._live:
+            return True
+        key = self._pending_calls.get(call_id)
+        pending = self._pending.get(key) if key is not None else None
+        return pending is not None and not pending.txn.final_sent
+
+    def _hold(self, ip: str, token: object) -> None:
+        self.unacked.setdefault(ip, set()).add(token)
+
+    def _release(self, ip: str, token: object) -> None:
+        held = self.unacked.get(ip)
+        if held is not None:
+            held.discard(token)
+            if not held:
+                del self.unacked[ip]
+
+    def _drop_pending(self, key: TxnKey) -> None:
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            return
+        if self._pending_calls.get(pending.request.call_id) == key:
+            del self._pending_calls[pending.request.call_id]
+        self._release(pending.source.addr[0], key)
 
     def forget_pending(self, key: TxnKey) -> None:
         """The INVITE transaction `key` has ended."""
-        self._pending.pop(key, None)
+        self._drop_pending(key)
 
     def _precheck_offer(
         self, request: SipRequest, txn: InviteServerTransaction, to_tag: str
@@ -234,7 +312,8 @@ class InviteHandler:
         state = _CallState(dialog, invite_cseq=request.cseq.number, last_answer=answer)
         self._calls[dialog.id] = state
         self._by_remote[(dialog.call_id, dialog.id.remote_tag)] = dialog.id
-        self._pending.pop(txn_key(request, "INVITE"), None)
+        self._drop_pending(txn_key(request, "INVITE"))
+        self._hold(source.addr[0], dialog.id)
         self._send_2xx(state, request, txn, source, answer, offer.direction)
         log.info(
             "call_id=%s answered 200: %s/%d to %s:%d",
@@ -266,7 +345,7 @@ class InviteHandler:
             local_uri=f"{to_value};tag={to_tag}",
             remote_uri=from_value,
             remote_target=remote_target,
-            route_set=request.get_all("Record-Route"),
+            route_set=route_set_of(request.get_all("Record-Route")),
             remote_cseq=request.cseq.number,
             source=source,
             host=self,
@@ -342,6 +421,7 @@ class InviteHandler:
         dialog = state.dialog
         dialog.reinvite_pending = False
         dialog.acked.set()
+        self._release(dialog.source.addr[0], dialog.id)
         if dialog.confirm():
             log.info("call_id=%s established", dialog.call_id)
             self._spawn(self.app.on_established(dialog), dialog.call_id, "on_established")
@@ -351,15 +431,25 @@ class InviteHandler:
         pending = self._pending.get(key)
         return pending.to_tag if pending is not None else None
 
-    def on_cancel(self, request: SipRequest, key: TxnKey) -> None:
-        """CANCEL (200 sent): 487 to the INVITE unless its final response already went out."""
-        pending = self._pending.get(key)
-        if pending is None or pending.txn.final_sent:
+    def on_cancel(
+        self, request: SipRequest, key: TxnKey, invite_txn: InviteServerTransaction
+    ) -> None:
+        """CANCEL (200 sent): 487 to the INVITE unless its final response already went out.
+        A cancelled re-INVITE gets its 487 and the dialog stays as it was (RFC 3261 §9.2)."""
+        if invite_txn.final_sent:
             return  # too late: the final response already went out
+        pending = self._pending.get(key)
+        if pending is None:
+            state = self._calls.get(self._dialog_id(invite_txn.request))
+            if state is not None and tag_of(invite_txn.request.get("To")):
+                log.info("call_id=%s re-INVITE cancelled by caller", request.call_id)
+                respond(invite_txn, 487, "Request Terminated", state.dialog.id.local_tag)
+                state.dialog.reinvite_pending = False
+            return
         log.info("call_id=%s cancelled by caller", request.call_id)
         pending.cancelled = True
         respond(pending.txn, 487, "Request Terminated", pending.to_tag)
-        self._pending.pop(key, None)
+        self._drop_pending(key)
 
     # --------------------------------------------------------------- in dialog
 
@@ -464,6 +554,9 @@ class InviteHandler:
         if dialog.state == "terminated":
             respond(txn, 481, "Call/Transaction Does Not Exist", to_tag)
             return
+        if txn.final_sent:
+            log.info("call_id=%s re-INVITE was cancelled; answer not sent", dialog.call_id)
+            return
         dialog.offer_sdp = sd
         state.last_answer = answer
         state.invite_cseq = request.cseq.number
@@ -486,6 +579,7 @@ class InviteHandler:
         dialog.terminate()
         state = self._calls.pop(dialog.id, None)
         self._by_remote.pop((dialog.call_id, dialog.id.remote_tag), None)
+        self._release(dialog.source.addr[0], dialog.id)
         if state is not None and state.retransmitter is not None:
             state.retransmitter.stop()
         self._terminated(dialog.call_id, reason)

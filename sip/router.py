@@ -1,9 +1,11 @@
 """Request routing: messages from the transports matched to transactions and dispatched.
 
-`RequestRouter` parses what the transports deliver, answers what needs no call state (400
-to a malformed request, OPTIONS, 405, 481, 501), absorbs retransmissions in the matching
-server transaction, hands responses to our client transactions, and gives INVITE, ACK,
-CANCEL, BYE and INFO to the INVITE/dialog handler (`sip.invite.InviteHandler`).
+`RequestRouter` applies the `sip.guard.SipGuard` first (per-source rate: drop; source
+outside the allow list: stateless 403 or silence; state bounds: stateless 503), parses
+what the transports deliver, answers what needs no call state (400 to a malformed request,
+OPTIONS, 405, 481, 501), absorbs retransmissions in the matching server transaction, hands
+responses to our client transactions, and gives INVITE, ACK, CANCEL, BYE and INFO to the
+INVITE/dialog handler (`sip.invite.InviteHandler`).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from sip.dialog import SipDialog
+from sip.guard import RETRY_AFTER_S, SipGuard
 from sip.message import (
     BRANCH_COOKIE,
     SipParseError,
     SipRequest,
     SipResponse,
+    Via,
     format_hostport,
     new_tag,
     parse_message,
@@ -111,8 +115,11 @@ def options_response(request: SipRequest) -> SipResponse:
 class Outbound(Protocol):
     """How responses leave, and the address we advertise (implemented by the UAS)."""
 
-    def send(self, response: SipResponse, source: Source, call_id: str) -> None:
-        """Send `response` towards `source` (Via rules); failures are logged, not raised."""
+    def send(
+        self, response: SipResponse, source: Source, call_id: str, *, anonymous: bool = False
+    ) -> None:
+        """Send `response` towards `source` (Via rules); failures are logged, not raised.
+        `anonymous`: no Server header (a refused source learns nothing about us)."""
         ...
 
     def advertised_host(self, source: Source) -> str:
@@ -145,8 +152,14 @@ class CallHandling(Protocol):
         """Our To-tag for the initial INVITE `key` still awaiting its final response."""
         ...
 
-    def on_cancel(self, request: SipRequest, key: TxnKey) -> None:
-        """CANCEL of the INVITE transaction `key`, after our 200 to it."""
+    def on_cancel(
+        self, request: SipRequest, key: TxnKey, invite_txn: InviteServerTransaction
+    ) -> None:
+        """CANCEL of the INVITE transaction `key` (initial or re-INVITE), after our 200."""
+        ...
+
+    def accepting_calls(self) -> bool:
+        """False while new calls are refused (drain): OPTIONS then gets 503."""
         ...
 
     def dialog_for(self, request: SipRequest) -> SipDialog | None:
@@ -179,14 +192,17 @@ class RequestRouter:
         out: Outbound,
         scheduler: Scheduler,
         timers: TimerConfig,
+        guard: SipGuard | None = None,
     ) -> None:
         self.calls = calls
         self.out = out
         self.scheduler = scheduler
         self.timers = timers
+        self.guard = guard or SipGuard()
         self.invite_txns: dict[TxnKey, InviteServerTransaction] = {}
         self.other_txns: dict[TxnKey, NonInviteServerTransaction] = {}
         self.client_txns: dict[str, NonInviteClientTransaction] = {}
+        self.txns_by_source: dict[str, int] = {}  # open server transactions per source IP
 
     def on_bytes(self, data: bytes, source: Source) -> None:
         """One datagram or TCP message; nothing in it can harm the server or another call."""
@@ -208,6 +224,7 @@ class RequestRouter:
             other_txn.close()
         self.invite_txns.clear()
         self.other_txns.clear()
+        self.txns_by_source.clear()
 
     def close_client_transactions(self) -> None:
         """Stop waiting for answers to our requests (shutdown: timer F not awaited)."""
@@ -231,16 +248,60 @@ class RequestRouter:
             self.client_txns.pop(branch, None)
 
     def _handle(self, data: bytes, source: Source) -> None:
+        ip = source.addr[0]
+        if not self.guard.within_rate(ip):
+            return
+        admitted = self.guard.admits(ip)
         try:
             message = parse_message(data, stream=source.transport == "tcp")
         except SipParseError as exc:
-            self._answer_malformed(exc, source)
+            if admitted:
+                self._answer_malformed(exc, source)
+            else:
+                self.guard.refused += 1
+            return
+        if not admitted:
+            self.guard.refused += 1
+            if isinstance(message, SipRequest) and message.method != "ACK":
+                self._stateless(message, source, 403, "Forbidden", anonymous=True)
             return
         if isinstance(message, SipResponse):
             self._on_response(message)
             return
         annotate_via(message, source.addr[0], source.addr[1])
         self._on_request(message, source)
+
+    def _stateless(
+        self,
+        request: SipRequest,
+        source: Source,
+        status: int,
+        reason: str,
+        headers: Headers | None = None,
+        *,
+        anonymous: bool = False,
+    ) -> None:
+        """Answer without a transaction, to the exact address `request` came from."""
+        response = response_to(request, status, reason, to_tag=new_tag(), headers=headers or [])
+        for index, (name, value) in enumerate(response.headers):
+            if name.lower() == "via":
+                # the top Via names the source's address and port, whatever the request said
+                response.headers[index] = (name, _via_to(value, source))
+                break
+        self.out.send(response, source, request.call_id, anonymous=anonymous)
+
+    def _room_for(self, request: SipRequest, source: Source) -> bool:
+        """Whether `source` may open one more server transaction; answers 503 if not."""
+        ip = source.addr[0]
+        held = self.txns_by_source.get(ip, 0)
+        total = len(self.invite_txns) + len(self.other_txns)
+        if held < self.guard.max_transactions_per_source and total < self.guard.max_transactions:
+            return True
+        self.guard.note(ip, "over the server transaction bounds: 503")
+        self._stateless(
+            request, source, 503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))]
+        )
+        return False
 
     def _answer_malformed(self, exc: SipParseError, source: Source) -> None:
         partial = exc.partial
@@ -294,6 +355,8 @@ class RequestRouter:
         if other is not None:
             other.receive_request(request)
             return
+        if not self._room_for(request, source):
+            return
         txn = self._server_txn(NonInviteServerTransaction, request, source, key, self._forget_other)
         self.other_txns[key] = txn
         if method == "CANCEL":
@@ -314,6 +377,8 @@ class RequestRouter:
         if not in_dialog and self.calls.is_duplicate_invite(request):
             log.info("call_id=%s late INVITE retransmission ignored", request.call_id)
             return
+        if not self._room_for(request, source):
+            return
         txn = self._server_txn(InviteServerTransaction, request, source, key, self._forget_invite)
         self.invite_txns[key] = txn
         txn.respond(response_to(request, 100, "Trying"))
@@ -333,7 +398,7 @@ class RequestRouter:
         if cancel_tag is None and invite_txn.last_response is not None:
             cancel_tag = tag_of(invite_txn.last_response.get("To"))
         reply(txn, 200, "OK", to_tag=cancel_tag or None)
-        self.calls.on_cancel(request, key)
+        self.calls.on_cancel(request, key, invite_txn)
 
     def _on_in_dialog(self, request: SipRequest, txn: NonInviteServerTransaction) -> None:
         dialog = self.calls.dialog_for(request)
@@ -350,7 +415,10 @@ class RequestRouter:
 
     def _answer_other(self, request: SipRequest, txn: NonInviteServerTransaction) -> None:
         """OPTIONS, and methods we do not take (405) or do not know (501)."""
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" and not self.calls.accepting_calls():
+            # a dispatcher's probe: take us out of rotation while we drain
+            reply(txn, 503, "Service Unavailable", [("Retry-After", str(RETRY_AFTER_S))])
+        elif request.method == "OPTIONS":
             txn.respond(options_response(request))
         elif request.method in NOT_ALLOWED:
             reply(txn, 405, "Method Not Allowed", [("Allow", ALLOW)])
@@ -365,14 +433,26 @@ class RequestRouter:
         key: TxnKey,
         forget: Callable[[TxnKey], None],
     ) -> _Txn:
-        """A new server transaction for `request`; `forget(key)` runs when it terminates."""
+        """A new server transaction for `request`, counted against its source;
+        `forget(key)` runs when it terminates."""
+        ip = source.addr[0]
+        self.txns_by_source[ip] = self.txns_by_source.get(ip, 0) + 1
+
+        def ended(_txn: object) -> None:
+            left = self.txns_by_source.get(ip, 0) - 1
+            if left > 0:
+                self.txns_by_source[ip] = left
+            else:
+                self.txns_by_source.pop(ip, None)
+            forget(key)
+
         return kind(
             request,
             lambda r: self.out.send(r, source, request.call_id),
             self.scheduler,
             self.timers,
             source.transport == "tcp",
-            lambda t: forget(key),
+            ended,
         )
 
     def _forget_other(self, key: TxnKey) -> None:
@@ -390,3 +470,14 @@ def guess_call_id(data: bytes) -> str:
         if sep and name.strip().lower() in (b"call-id", b"i"):
             return value.strip().decode("utf-8", "replace")[:100]
     return "-"
+
+
+def _via_to(value: str, source: Source) -> str:
+    """`value` (a top Via) with received/rport naming `source` exactly."""
+    try:
+        via = Via.parse(value)
+    except ValueError:
+        return value
+    via.params["received"] = source.addr[0]
+    via.params["rport"] = str(source.addr[1])
+    return str(via)

@@ -24,6 +24,9 @@ TransportName = Literal["udp", "tcp"]
 DEFAULT_PORT = 5060
 TCP_IDLE_TIMEOUT_S = 300.0
 TCP_MAX_CONNECTIONS = 2000
+TCP_MAX_CONNECTIONS_PER_SOURCE = 200
+"""Not lower: SIPp over TCP (`-t tn`) opens one connection per call, so `-l 100` from one
+address holds about 100, plus those still closing."""
 TCP_MAX_WRITE_BUFFER = 256 * 1024
 UDP_RECV_BUFFER = 4 * 1024 * 1024
 
@@ -207,6 +210,7 @@ class TransportLayer:
         self._sends = TaskSet("sip-transport", log)  # responses waiting for a TCP connection
         self.udp_port = 0
         self.tcp_port = 0
+        self.max_per_source = TCP_MAX_CONNECTIONS_PER_SOURCE
 
     async def start(self, host: str, port: int, udp: bool, tcp: bool) -> None:
         """Bind UDP and/or TCP on host:port (port 0: the OS picks; TCP then tries the
@@ -236,13 +240,24 @@ class TransportLayer:
                 )
             self.tcp_port = int(self._tcp_server.sockets[0].getsockname()[1])
 
+    @property
+    def connection_count(self) -> int:
+        """TCP connections open now (accepted and ours)."""
+        return len(self._connections)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= TCP_MAX_CONNECTIONS:
-            peer = writer.get_extra_info("peername") or ("?", 0)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        from_peer = sum(1 for c in self._connections.values() if c.peer[0] == ip)
+        if len(self._connections) >= TCP_MAX_CONNECTIONS or from_peer >= self.max_per_source:
             log.warning(
-                "call_id=- tcp %s: %d connections open (the cap), refusing",
-                format_hostport(str(peer[0]), int(peer[1])),
+                "call_id=- tcp %s: %d connections open, %d from it"
+                " (the cap: %d, %d per source), refusing",
+                format_hostport(ip, int(peer[1])),
                 len(self._connections),
+                from_peer,
+                TCP_MAX_CONNECTIONS,
+                self.max_per_source,
             )
             writer.close()
             return

@@ -2,17 +2,21 @@
 
 `ASR_BACKEND=embedded|whispercpp`, `LLM_BACKEND=embedded|ollama|openai`,
 `TTS_BACKEND=embedded|http`. The embedded trio is the default and needs no server and no
-download; the HTTP ones are the spec's production servers.
+download; the HTTP ones are the spec's production servers. Each HTTP URL setting may list
+several servers, comma-separated; every server has its own circuit breaker
+(`BREAKER_FAILURES`, `BREAKER_COOLDOWN_S`), see `bridge.backends._http` and docs/backends.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bridge.backends._http import BreakerOptions
 from bridge.backends.asr import EmbeddedASR, WhisperCppASR
 from bridge.backends.base import (
     ASR,
@@ -83,6 +87,17 @@ class Backends:
         results = await asyncio.gather(*(backend.ready() for backend in self._all()))
         return dict(zip(names, results, strict=True))
 
+    def watch(self, callback: Callable[[str, bool], None]) -> None:
+        """Call `callback(key, up)` now and whenever a backend's breakers flip it (keys as
+        in /readyz: "asr", "llm", "tts_<engine>"); a backend without breakers is always up."""
+        keys = ["asr", "llm", *(f"tts_{engine}" for engine in self.tts)]
+        for key, backend in zip(keys, self._all(), strict=True):
+            watch = getattr(backend, "watch", None)
+            if watch is None:
+                callback(key, True)
+            else:
+                watch(functools.partial(callback, key))
+
     async def aclose(self) -> None:
         """Close every backend's connections and worker threads."""
         await asyncio.gather(*(backend.aclose() for backend in self._all()))
@@ -92,9 +107,13 @@ def build_backends(settings: Settings) -> Backends:
     """Make the backends the settings ask for. Nothing is loaded or connected yet."""
     timeout = settings.backend_timeout_s
     threads = settings.inference_threads
+    breaker: BreakerOptions = {
+        "breaker_failures": settings.breaker_failures,
+        "breaker_cooldown_s": settings.breaker_cooldown_s,
+    }
     asr: ASR
     if settings.asr_backend == "whispercpp":
-        asr = WhisperCppASR(settings.whisper_url, timeout, settings.asr_pool_size)
+        asr = WhisperCppASR(settings.whisper_url, timeout, settings.asr_pool_size, **breaker)
     else:
         asr = EmbeddedASR(settings.embedded_asr_model, threads=threads, timeout_s=timeout)
     llm: LLM
@@ -105,6 +124,7 @@ def build_backends(settings: Settings) -> Backends:
             settings.llm_max_tokens,
             timeout,
             settings.llm_pool_size,
+            **breaker,
         )
     elif settings.llm_backend == "openai":
         llm = OpenAICompatLLM(
@@ -114,6 +134,7 @@ def build_backends(settings: Settings) -> Backends:
             settings.llm_max_tokens,
             timeout,
             settings.llm_pool_size,
+            **breaker,
         )
     else:
         llm = EmbeddedLLM(
@@ -122,11 +143,16 @@ def build_backends(settings: Settings) -> Backends:
             threads=threads,
             timeout_s=timeout,
         )
-    coqui = HttpTTS("coqui", settings.coqui_url, None, timeout, settings.tts_pool_size)
+    coqui = HttpTTS("coqui", settings.coqui_url, None, timeout, settings.tts_pool_size, **breaker)
     piper: TTS
     if settings.tts_backend == "http":
         piper = HttpTTS(
-            "piper", settings.piper_url, settings.piper_voice, timeout, settings.tts_pool_size
+            "piper",
+            settings.piper_url,
+            settings.piper_voice,
+            timeout,
+            settings.tts_pool_size,
+            **breaker,
         )
     else:
         piper = EmbeddedPiperTTS(settings.piper_voice, threads=threads, timeout_s=timeout)

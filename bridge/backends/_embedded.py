@@ -52,8 +52,9 @@ class ModelRunner:
     """Runs blocking model work on one dedicated thread, bounded by a timeout.
 
     A model is loaded and used on the same single worker, so loading happens once, in
-    order, and never blocks the event loop. A call that times out stops waiting; the work
-    already running finishes on the worker and the result is dropped.
+    order, and never blocks the event loop. On a timeout the error is raised only once the
+    work has left the worker (its result dropped): a caller's pool slot stays taken while
+    the worker is busy. A caller that is cancelled stops waiting at once.
     """
 
     def __init__(self, backend: str, url: str, thread_name: str, timeout_s: float) -> None:
@@ -70,8 +71,9 @@ class ModelRunner:
         except RuntimeError as exc:  # executor shut down
             raise BackendError(self.backend, self.url, "unavailable", "closed") from exc
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError as exc:
+            await asyncio.wait({future})  # the worker is still on it: hold on until it is not
             raise BackendError(
                 self.backend, self.url, "timeout", f"no result within {timeout_s:g} s"
             ) from exc

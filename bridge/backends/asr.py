@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
 
-import httpx
 import numpy as np
 import numpy.typing as npt
 
 from bridge.backends._embedded import EmbeddedModel, WorkerOptions, resolve_model
-from bridge.backends._http import HttpBackend, raise_for_status, translate
+from bridge.backends._http import BreakerOptions, HttpBackend, Server, raise_for_status
 from bridge.backends.base import ASR, BackendError, Transcript
 from media.wav import write_wav
 
@@ -25,35 +24,42 @@ SAMPLE_RATE = 16000
 class WhisperCppASR(HttpBackend):
     """Client of whisper.cpp's `server`: one multipart WAV upload per utterance.
 
-    whisper.cpp serves one `/inference` at a time per process, so the connection pool is
-    sized by `ASR_POOL_SIZE` (the number of servers behind the URL) and the rest queue here.
+    `url` may list several servers (comma-separated); each gets its own connection pool of
+    `pool_size` (whisper.cpp serves one `/inference` at a time per process) and breaker.
     """
 
     name = "whisper.cpp"
     health_path = "/"  # the server's upload page
 
     def __init__(
-        self, url: str, timeout_s: float = 10.0, pool_size: int = 10, temperature: float = 0.0
+        self,
+        url: str,
+        timeout_s: float = 10.0,
+        pool_size: int = 10,
+        temperature: float = 0.0,
+        **breaker: Unpack[BreakerOptions],
     ) -> None:
-        super().__init__(url, "/inference", timeout_s, pool_size)
+        super().__init__(url, "/inference", timeout_s, pool_size, **breaker)
         self.temperature = temperature
 
     async def transcribe(self, pcm16k: npt.NDArray[np.int16]) -> Transcript:
         """POST the utterance as a 16 kHz WAV; return whisper.cpp's `text`."""
-        files = {"file": ("utterance.wav", write_wav(pcm16k, SAMPLE_RATE), "audio/wav")}
+        wav = write_wav(pcm16k, SAMPLE_RATE)
+        return await self._call(lambda server: self._transcribe(server, wav))
+
+    async def _transcribe(self, server: Server, wav: bytes) -> Transcript:
+        files = {"file": ("utterance.wav", wav, "audio/wav")}
         data = {"response_format": "json", "temperature": f"{self.temperature:g}"}
+        response = await server.client.post(server.endpoint, files=files, data=data)
+        await raise_for_status(response, self.name, server.endpoint)
         try:
-            response = await self._client.post(self.endpoint, files=files, data=data)
-            await raise_for_status(response, self.name, self.endpoint)
             body = response.json()
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.name, self.endpoint) from exc
         except ValueError as exc:
-            raise self.malformed("reply is not JSON") from exc
+            raise self.malformed(server, "reply is not JSON") from exc
         if isinstance(body, dict) and "error" in body:  # whisper.cpp's own error reply
-            raise BackendError(self.name, self.endpoint, "http", str(body["error"])[:200])
+            raise BackendError(self.name, server.endpoint, "http", str(body["error"])[:200])
         if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            raise self.malformed("no `text` in the reply")
+            raise self.malformed(server, "no `text` in the reply")
         language = body.get("language")
         return Transcript(
             text=body["text"].strip(), language=language if isinstance(language, str) else None

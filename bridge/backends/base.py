@@ -17,13 +17,23 @@ ErrorKind = Literal["timeout", "connect", "http", "malformed", "unavailable"]
 
 
 class BackendError(Exception):
-    """A backend call failed. One class for every backend; `kind` says how it failed."""
+    """A backend call failed. One class for every backend; `kind` says how it failed, and
+    `status` the HTTP status when the server answered one."""
 
-    def __init__(self, backend: str, url: str, kind: ErrorKind, detail: str = "") -> None:
+    def __init__(
+        self,
+        backend: str,
+        url: str,
+        kind: ErrorKind,
+        detail: str = "",
+        *,
+        status: int | None = None,
+    ) -> None:
         self.backend = backend
         self.url = url
         self.kind: ErrorKind = kind
         self.detail = detail
+        self.status = status
         super().__init__(f"{backend} at {url}: {kind}" + (f": {detail}" if detail else ""))
 
 

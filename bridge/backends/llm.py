@@ -15,10 +15,14 @@ from collections.abc import AsyncGenerator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack, cast
 
-import httpx
-
 from bridge.backends._embedded import EmbeddedModel, WorkerOptions, resolve_model
-from bridge.backends._http import HttpBackend, raise_for_status, translate
+from bridge.backends._http import (
+    BreakerOptions,
+    HttpBackend,
+    Server,
+    raise_for_status,
+    split_urls,
+)
 from bridge.backends.base import LLM, BackendError, Message
 
 if TYPE_CHECKING:
@@ -35,17 +39,17 @@ def _wire_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
-def _json_object(backend: HttpBackend, text: str, what: str) -> dict[str, Any]:
+def _json_object(backend: HttpBackend, server: Server, text: str, what: str) -> dict[str, Any]:
     """One streamed piece of a reply as a JSON object; a malformed piece, or the server's
     own `{"error": ...}`, raises `BackendError`."""
     try:
         value = json.loads(text)
     except ValueError:
-        raise backend.malformed(f"not a JSON {what}: {text[:80]!r}") from None
+        raise backend.malformed(server, f"not a JSON {what}: {text[:80]!r}") from None
     if not isinstance(value, dict):
-        raise backend.malformed(f"not a JSON object: {text[:80]!r}")
+        raise backend.malformed(server, f"not a JSON object: {text[:80]!r}")
     if "error" in value:
-        raise BackendError(backend.name, backend.endpoint, "http", str(value["error"])[:200])
+        raise BackendError(backend.name, server.endpoint, "http", str(value["error"])[:200])
     return value
 
 
@@ -62,12 +66,13 @@ class OllamaLLM(HttpBackend):
         max_tokens: int = 150,
         timeout_s: float = 10.0,
         pool_size: int = 10,
+        **breaker: Unpack[BreakerOptions],
     ) -> None:
-        super().__init__(url, "/api/chat", timeout_s, pool_size)
+        super().__init__(url, "/api/chat", timeout_s, pool_size, **breaker)
         self.model = model
         self.max_tokens = max_tokens
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
+    def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield each chunk's `message.content` until the final `done: true` line."""
         body = {
             "model": self.model,
@@ -75,28 +80,28 @@ class OllamaLLM(HttpBackend):
             "stream": True,
             "options": {"num_predict": self.max_tokens},
         }
-        try:
-            async with self._client.stream("POST", self.endpoint, json=body) as response:
-                await raise_for_status(response, self.name, self.endpoint)
-                async for line in response.aiter_lines():
-                    if not line.strip():
-                        continue
-                    chunk = self._parse(line)
-                    content = chunk.get("message", {}).get("content", "")
-                    if content:
-                        yield content
-                    if chunk.get("done") is True:
-                        log.debug("ollama reply done: %s tokens", chunk.get("eval_count"))
-                        return
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.name, self.endpoint) from exc
-        raise self.malformed("stream ended before `done: true`")
+        return self._stream(lambda server: self._stream_from(server, body))
 
-    def _parse(self, line: str) -> dict[str, Any]:
-        chunk = _json_object(self, line, "line")
+    async def _stream_from(self, server: Server, body: dict[str, Any]) -> AsyncGenerator[str, None]:
+        async with server.client.stream("POST", server.endpoint, json=body) as response:
+            await raise_for_status(response, self.name, server.endpoint)
+            async for line in response.aiter_lines():
+                if not line.strip():
+                    continue
+                chunk = self._parse(server, line)
+                content = chunk.get("message", {}).get("content", "")
+                if content:
+                    yield content
+                if chunk.get("done") is True:
+                    log.debug("ollama reply done: %s tokens", chunk.get("eval_count"))
+                    return
+        raise self.malformed(server, "stream ended before `done: true`")
+
+    def _parse(self, server: Server, line: str) -> dict[str, Any]:
+        chunk = _json_object(self, server, line, "line")
         message = chunk.get("message", {})
         if not isinstance(message, dict) or not isinstance(message.get("content", ""), str):
-            raise self.malformed(f"bad `message` in {line[:80]!r}")
+            raise self.malformed(server, f"bad `message` in {line[:80]!r}")
         return chunk
 
 
@@ -115,14 +120,15 @@ class OpenAICompatLLM(HttpBackend):
         max_tokens: int = 150,
         timeout_s: float = 10.0,
         pool_size: int = 10,
+        **breaker: Unpack[BreakerOptions],
     ) -> None:
-        base = url.rstrip("/").removesuffix("/v1")
-        super().__init__(base, "/v1/chat/completions", timeout_s, pool_size)
+        base = ",".join(u.rstrip("/").removesuffix("/v1") for u in split_urls(url))
+        super().__init__(base, "/v1/chat/completions", timeout_s, pool_size, **breaker)
         self.model = model
         self.max_tokens = max_tokens
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
-    async def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
+    def stream(self, messages: Sequence[Message]) -> AsyncGenerator[str, None]:
         """Yield `choices[0].delta.content` from each `data:` event until `[DONE]`."""
         body = {
             "model": self.model,
@@ -130,35 +136,35 @@ class OpenAICompatLLM(HttpBackend):
             "stream": True,
             "max_tokens": self.max_tokens,
         }
-        try:
-            async with self._client.stream(
-                "POST", self.endpoint, json=body, headers=self._headers
-            ) as response:
-                await raise_for_status(response, self.name, self.endpoint)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, `event:` and `id:` fields
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    content = self._content(data)
-                    if content:
-                        yield content
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.name, self.endpoint) from exc
-        raise self.malformed("stream ended before `data: [DONE]`")
+        return self._stream(lambda server: self._stream_from(server, body))
 
-    def _content(self, data: str) -> str:
-        event = _json_object(self, data, "event")
+    async def _stream_from(self, server: Server, body: dict[str, Any]) -> AsyncGenerator[str, None]:
+        async with server.client.stream(
+            "POST", server.endpoint, json=body, headers=self._headers
+        ) as response:
+            await raise_for_status(response, self.name, server.endpoint)
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, comments, `event:` and `id:` fields
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                content = self._content(server, data)
+                if content:
+                    yield content
+        raise self.malformed(server, "stream ended before `data: [DONE]`")
+
+    def _content(self, server: Server, data: str) -> str:
+        event = _json_object(self, server, data, "event")
         try:
             choices = event["choices"]
             if not choices:
                 return ""  # e.g. a usage-only event
             content = choices[0].get("delta", {}).get("content") or ""
         except (KeyError, TypeError, AttributeError):
-            raise self.malformed(f"no `choices[0].delta` in {data[:80]!r}") from None
+            raise self.malformed(server, f"no `choices[0].delta` in {data[:80]!r}") from None
         if not isinstance(content, str):
-            raise self.malformed(f"non-text content in {data[:80]!r}")
+            raise self.malformed(server, f"non-text content in {data[:80]!r}")
         return content
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Unpack
 
-import httpx
-
 from bridge.backends._embedded import EmbeddedModel, WorkerOptions
-from bridge.backends._http import HttpBackend, raise_for_status, translate
+from bridge.backends._http import BreakerOptions, HttpBackend, Server, raise_for_status
 from bridge.backends._piper import load_voice, resolve_voice, speak
 from bridge.backends.base import TTS, Audio, BackendError
 from media.wav import read_wav
@@ -33,9 +31,10 @@ class HttpTTS(HttpBackend):
         voice: str | None = None,
         timeout_s: float = 10.0,
         pool_size: int = 10,
+        **breaker: Unpack[BreakerOptions],
     ) -> None:
         self.name = engine
-        super().__init__(url, "/synthesize", timeout_s, pool_size)
+        super().__init__(url, "/synthesize", timeout_s, pool_size, **breaker)
         self.voice = voice
 
     async def synthesize(self, text: str) -> Audio:
@@ -43,16 +42,15 @@ class HttpTTS(HttpBackend):
         body: dict[str, str] = {"text": text}
         if self.voice:
             body["voice"] = self.voice
+        return await self._call(lambda server: self._synthesize(server, body))
+
+    async def _synthesize(self, server: Server, body: dict[str, str]) -> Audio:
+        response = await server.client.post(server.endpoint, json=body)
+        await raise_for_status(response, self.name, server.endpoint)
         try:
-            response = await self._client.post(self.endpoint, json=body)
-            await raise_for_status(response, self.name, self.endpoint)
-            payload = response.content
-        except httpx.HTTPError as exc:
-            raise translate(exc, self.name, self.endpoint) from exc
-        try:
-            pcm, rate = read_wav(payload)
+            pcm, rate = read_wav(response.content)
         except ValueError as exc:
-            raise self.malformed(str(exc)) from exc
+            raise self.malformed(server, str(exc)) from exc
         return Audio(pcm=pcm, sample_rate=rate)
 
 

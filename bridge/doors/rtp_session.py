@@ -1,7 +1,6 @@
 """One call's RTP: a UDP socket, the receive path into the call and the paced send path.
 
-Receive: datagram → `parse_rtp` (garbage is counted and dropped) → source check (symmetric
-RTP: the session latches onto the first valid packet's source and then accepts only it) →
+Receive: datagram → source check → `parse_rtp` (garbage is counted and dropped) →
 RFC 4733 telephone-events become digits, audio goes into the clock-driven `JitterBuffer`.
 Every 20 ms tick pops one frame (decoded or concealed), resamples it to 16 kHz with a
 `StreamResampler` and hands it to the call.
@@ -12,6 +11,20 @@ queued frame, or comfort silence when the queue is empty (so NATs, PBX RTP timeo
 far end's jitter buffer see a steady stream). The RTP timestamp advances one frame per tick
 whether or not a packet goes out (on hold), the marker bit is set on the first packet of each
 talkspurt, one SSRC per call.
+
+Who may send and receive (strict symmetric RTP, as Asterisk's `strictrtp`): media is
+accepted only from the *allowed IPs*: the SDP address, plus the signalling source's IP when
+the SDP address is private or unspecified (a caller behind NAT). The first valid packet
+from an allowed IP latches its port; from then on only that exact address is accepted and a
+third address is never adopted (only a re-INVITE, `update_remote`, starts over). Anything
+else is counted in `foreign` and dropped. Our RTP goes only to a *verified* address: the
+latched one, or the SDP address when it equals the signalling source IP, so an offer naming
+some third party's address cannot turn the bridge into a 50 packets/s reflector.
+The session only ever holds IP addresses: the door resolves SDP host names first.
+
+Timeouts: no media for `timeout_s` while the caller should be sending ends the call ("rtp
+timeout"); while it is on hold or inactive (our direction sendonly/inactive), no media for
+`hold_timeout_s` ends it ("hold timeout").
 
 The ticks come from one `MediaClock` per door, not a task per call, paced by
 `media.playout.PacingClock`: an absolute 20 ms schedule that never drifts, and that
@@ -26,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
@@ -49,6 +63,7 @@ __all__ = [
     "FRAME_MS",
     "MAX_CATCH_UP",
     "MediaClock",
+    "Pcm",
     "RtpSession",
     "RtpStats",
     "bind_rtp_port",
@@ -60,6 +75,24 @@ log = logging.getLogger("bridge.doors.rtp")
 Pcm = npt.NDArray[np.int16]
 _UNSPECIFIED = ("0.0.0.0", "::", "")
 _RTCP_TYPES = (192, 223)  # second byte of RTCP (SR 200 ... ) seen as an RTP header
+
+
+def _canonical_ip(host: str) -> str | None:
+    """`host` as the socket layer writes it, or None when it is not an IP address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
+
+
+def _behind_nat(ip: str | None) -> bool:
+    """A private or unspecified SDP address: the caller's media may come from elsewhere."""
+    if ip is None:
+        return True
+    address = ipaddress.ip_address(ip)
+    return address.is_private or address.is_unspecified or address.is_link_local
 
 
 def codec_of(codec: Codec) -> AudioCodec:
@@ -76,7 +109,7 @@ class RtpStats:
     malformed: int = 0
     """Datagrams that are not RTP, or telephone-events that do not parse."""
     foreign: int = 0
-    """Packets from an address other than the latched source."""
+    """Packets from an address that is not (or is not latched as) the caller's media."""
     unknown_payload: int = 0
     """Packets of a payload type that was not negotiated."""
     dtmf_packets: int = 0
@@ -109,10 +142,14 @@ class _Protocol(asyncio.DatagramProtocol):
             self.session.stats.send_errors += 1
 
 
+_RANDOM_TRIES = 32
+
+
 async def bind_rtp_port(
-    host: str, port_min: int, port_max: int, start: int | None = None
+    host: str, port_min: int, port_max: int
 ) -> tuple[asyncio.DatagramTransport, _Protocol, int]:
-    """Bind a UDP socket on the first free even port of `port_min..port_max`, from `start`.
+    """Bind a UDP socket on a free even port of `port_min..port_max`, chosen at random (a
+    port nobody can predict cannot be raced); busy ports are skipped.
 
     Raises `OSError(EADDRINUSE)` when every even port of the range is taken."""
     loop = asyncio.get_running_loop()
@@ -120,9 +157,12 @@ async def bind_rtp_port(
     count = max(0, (port_max - first) // 2 + 1)
     if count == 0:
         raise OSError(errno.EADDRINUSE, f"no even port in {port_min}-{port_max}")
-    offset = 0 if start is None else max(0, (start - first) // 2) % count
-    for i in range(count):
-        port = first + 2 * ((offset + i) % count)
+    # random picks first; then every port once, from a random offset, so a nearly full
+    # range still finds its last free port
+    offset = secrets.randbelow(count)
+    picks = [secrets.randbelow(count) for _ in range(min(_RANDOM_TRIES, count))]
+    for index in [*picks, *((offset + i) % count for i in range(count))]:
+        port = first + 2 * index
         try:
             transport, protocol = await loop.create_datagram_endpoint(
                 _Protocol, local_addr=(host, port)
@@ -153,11 +193,21 @@ class RtpSession:
         on_dtmf: Callable[[str], None],
         on_end: Callable[[str], None],
         comfort_silence: bool = True,
+        signalling_ip: str | None = None,
+        hold_timeout_s: float | None = None,
+        on_first_media: Callable[[], object] | None = None,
     ) -> None:
         self.transport = transport
         self.local_port = local_port
         self.dtmf_pt = dtmf.payload_type if dtmf is not None else None
+        self._signalling_ip = _canonical_ip(signalling_ip) if signalling_ip else None
+        self._allowed: frozenset[str] = frozenset()
+        self._verified = False  # the SDP address may get our RTP before any arrives from it
+        self._latched: tuple[str, int] | None = None
         self.remote = remote
+        self._allow(remote)
+        self._on_first_media = on_first_media
+        self._hold_timeout_s = timeout_s if hold_timeout_s is None else hold_timeout_s
         self.stats = RtpStats()
         self.direction: Direction = "sendrecv"
         self.comfort_silence = comfort_silence
@@ -166,7 +216,6 @@ class RtpSession:
         self._on_end = on_end
         self._timeout_s = timeout_s
         self._playout_ms = playout_ms
-        self._latched: tuple[str, int] | None = None
         self._dtmf = DtmfReceiver()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -219,7 +268,11 @@ class RtpSession:
         """One UDP datagram from anyone: never raises."""
         if self._closed:
             return
-        if self._latched is not None and addr != self._latched:
+        latched = self._latched
+        if latched is not None and addr != latched:
+            self.stats.foreign += 1
+            return
+        if latched is None and not self._allowed_ip(addr[0]):
             self.stats.foreign += 1
             return
         if len(data) >= 8 and _RTCP_TYPES[0] <= data[1] <= _RTCP_TYPES[1]:
@@ -234,10 +287,13 @@ class RtpSession:
         if pt != self.payload_type and pt != self.dtmf_pt:
             self.stats.unknown_payload += 1
             return
-        if self._latched is None:
+        if latched is None:
             self._latched = addr
             if addr != self.remote:
                 log.info("RTP from %s:%d, SDP said %s:%d: latching", *addr, *self.remote)
+            if self._on_first_media is not None:
+                first, self._on_first_media = self._on_first_media, None
+                first()
         self._last_rx = asyncio.get_running_loop().time()
         self.stats.received += 1
         if pt == self.dtmf_pt:
@@ -258,15 +314,36 @@ class RtpSession:
             self._on_dtmf(digit)
 
     @property
-    def send_target(self) -> tuple[str, int]:
-        """Where our RTP goes: the latched source (symmetric RTP), else the SDP address."""
-        return self._latched or self.remote
+    def send_target(self) -> tuple[str, int] | None:
+        """Where our RTP goes: the latched source (symmetric RTP), else the SDP address if it
+        is the signalling source's; None while no address is verified."""
+        if self._latched is not None:
+            return self._latched
+        return self.remote if self._verified else None
+
+    def _allow(self, remote: tuple[str, int]) -> None:
+        """The IPs media may come from for this SDP address (see the module docstring)."""
+        sdp_ip = _canonical_ip(remote[0])
+        allowed = {sdp_ip} if sdp_ip is not None and remote[1] else set()
+        if self._signalling_ip is not None and (
+            _behind_nat(sdp_ip) or self._signalling_ip == sdp_ip
+        ):
+            allowed.add(self._signalling_ip)
+        allowed.discard("0.0.0.0")
+        allowed.discard("::")
+        self._allowed = frozenset(allowed)
+        self._verified = sdp_ip is not None and sdp_ip == self._signalling_ip and remote[1] > 0
+
+    def _allowed_ip(self, host: str) -> bool:
+        # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+        return host in self._allowed or _canonical_ip(host) in self._allowed
 
     def update_remote(self, remote: tuple[str, int]) -> None:
         """A re-INVITE moved the far end: forget the latch and the old stream's state."""
         if remote != self.remote:
             self.remote = remote
             self._latched = None
+            self._allow(remote)
 
     # -------------------------------------------------------------------- send
 
@@ -319,8 +396,8 @@ class RtpSession:
         self._seq = (self._seq + 1) & 0xFFFF
         self._sent_any = True
         target = self.send_target
-        if target[1] == 0 or target[0] in _UNSPECIFIED:
-            return  # old-style hold (c=0.0.0.0) and nothing received yet: nowhere to send
+        if target is None or target[1] == 0 or target[0] in _UNSPECIFIED:
+            return  # no verified address yet, or old-style hold (c=0.0.0.0): nowhere to send
         try:
             self.transport.sendto(packet.serialize(), target)
         except OSError:  # e.g. an IPv6 peer on an IPv4 socket
@@ -355,10 +432,12 @@ class RtpSession:
         self._check_timeout(now)
 
     def _check_timeout(self, now: float) -> None:
-        if self.direction in ("sendonly", "inactive"):
-            return  # on hold the caller sends nothing, by design
         if self._last_rx is None:
             self._last_rx = now
+            return
+        if self.direction in ("sendonly", "inactive"):  # on hold the caller sends nothing
+            if now - self._last_rx > self._hold_timeout_s:
+                self.end("hold timeout")
         elif now - self._last_rx > self._timeout_s:
             self.end("rtp timeout")
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, NoReturn
 
 from bridge.backends.base import Audio
 from bridge.config import TTS_ENGINES, Settings
@@ -27,12 +28,16 @@ from bridge.contract import (
     Event,
     parse_call_options,
 )
-from bridge.doors.rtp_session import MediaClock, RtpSession, bind_rtp_port
+from bridge.doors.rtp_session import MediaClock, Pcm, RtpSession, bind_rtp_port
 from bridge.metrics import Metrics
+from bridge.pipeline.manager import DuplicateCallId, RejectReason
 from media import codecs as media_codecs
 from media.codecs import UnsupportedCodec
 from sip.api import CallInfo, Dialog, Direction, MediaAnswer, MediaOffer, SipReject
-from sip.sdp import negotiate, negotiate_direction
+from sip.auth import parse_users
+from sip.guard import SipGuard
+from sip.resolve import ResolveError, Resolver
+from sip.sdp import NoCommonCodec, negotiate, negotiate_direction
 from sip.tasks import TaskSet
 from sip.uas import UserAgentServer
 
@@ -40,10 +45,16 @@ __all__ = ["SipDoor", "SipService", "start_sip"]
 
 log = logging.getLogger("bridge.doors.sip")
 
+_MAX_EARLY_DIGITS = 16
+_RESOLVE_TIMEOUT_S = 2.0
+"""How long an SDP host name may take to resolve before the offer gets 488."""
+
 DRAIN_LIMIT_S = 10.0
 """How long a pipeline hangup waits for queued bot audio to play before the BYE."""
 
-_HANG_UP_NOW = frozenset({"shutdown", "rtp timeout", "media error"})
+_HANG_UP_NOW = frozenset(
+    {"shutdown", "rtp timeout", "media error", "hold timeout", "max call duration", "call refused"}
+)
 
 
 _UNSPECIFIED = ("0.0.0.0", "::")
@@ -112,16 +123,43 @@ class _Sink:
         await self._door.end_call(self._call_id, reason)
 
 
-@dataclass
+@dataclass(eq=False)
 class _SipCall:
+    """One SIP call at the door. The pipeline call (`handle`) opens at the ACK or at the
+    first valid RTP packet, whichever comes first; until then caller media is not fed."""
+
     call_id: str
     info: CallInfo
     sink: _Sink
     session: RtpSession
-    handle: CallHandle
+    handle: CallHandle | None = None
     dialog: Dialog | None = None
     ending: bool = False
     tasks: TaskSet = field(default_factory=lambda: TaskSet("sip-call", log))
+    opening: asyncio.Task[bool] | None = None
+    timer: asyncio.TimerHandle | None = None
+    """MAX_CALL_DURATION_S."""
+    early_digits: list[str] = field(default_factory=list)
+
+    def feed(self, pcm: Pcm) -> None:
+        """Caller audio for the pipeline (none is played out before it opens)."""
+        if self.handle is not None:
+            self.handle.feed(pcm)
+
+    def dtmf(self, digit: str) -> None:
+        """A caller digit for the pipeline; the first RTP packet may carry one before the
+        pipeline has opened: kept (a few) until it has."""
+        if self.handle is not None:
+            self.handle.dtmf(digit)
+        elif len(self.early_digits) < _MAX_EARLY_DIGITS:
+            self.early_digits.append(digit)
+
+    def opened(self, handle: CallHandle) -> None:
+        """The pipeline call is open: digits that came first go to it now."""
+        self.handle = handle
+        for digit in self.early_digits:
+            handle.dtmf(digit)
+        self.early_digits.clear()
 
 
 class SipDoor:
@@ -144,7 +182,8 @@ class SipDoor:
         self.clock = MediaClock()
         self.active: dict[str, _SipCall] = {}
         self.rejected = 0
-        self._next_port = settings.rtp_port_min
+        self.resolver = Resolver(timeout_s=_RESOLVE_TIMEOUT_S)
+        """Resolves SDP host names once per offer, off the loop (finding: blocking DNS)."""
         self._counted: dict[str, tuple[int, ...]] = {}
         self.clock.on_second = self._report
 
@@ -156,35 +195,38 @@ class SipDoor:
             (c.encoding_name.lower(), c.clock_rate, c.channels) for c in media_codecs.supported()
         )
 
+    def accepting_calls(self) -> bool:
+        """The call manager admits calls (not draining) and is not full (`_has_room`):
+        otherwise the UAS answers a new INVITE and OPTIONS with 503 + Retry-After, so a
+        dispatcher probing with OPTIONS takes this bridge out of rotation."""
+        return self._has_room()
+
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
-        """Open the call, choose the codec, bind the RTP port, answer."""
-        codec, dtmf = negotiate(offer, self.supported_codecs())  # NoCommonCodec: 488
+        """Check the call limit, choose the codec, resolve the SDP host, bind a random RTP
+        port, answer. The pipeline call opens later (`_open`): at the ACK or first RTP."""
+        if info.call_id in self.active:  # RFC 3261 §8.2.2.2: never overwrite a live call
+            self._refuse(info.call_id, "duplicate", 482, "Loop Detected")
+        try:
+            codec, dtmf = negotiate(offer, self.supported_codecs())
+        except NoCommonCodec:  # 488
+            self._count_rejected("no_codec")
+            raise
+        if not self._has_room():
+            self._refuse(info.call_id, "full", 503, "Service Unavailable")
+        address = await self._resolve(info.call_id, offer.address)
+        if info.call_id in self.active:  # a duplicate arrived while we resolved
+            self._refuse(info.call_id, "duplicate", 482, "Loop Detected")
         sink = _Sink(self, info)
         try:
-            options = parse_call_options(
-                {},
-                TTS_ENGINES,
-                door="sip",
-                default_engine=self.settings.default_tts_engine,
-                call_id=info.call_id,
-            )
-            handle = await self.calls.open(options, sink)
-        except CallLimitExceeded as exc:
-            self.rejected += 1
-            log.info("call_id=%s 503: %s", info.call_id, exc)
-            raise SipReject(503, "Service Unavailable") from None
-        try:
             transport, protocol, port = await bind_rtp_port(
-                self.rtp_host,
-                self.settings.rtp_port_min,
-                self.settings.rtp_port_max,
-                self._next_port,
+                self.rtp_host, self.settings.rtp_port_min, self.settings.rtp_port_max
             )
         except OSError as exc:
             log.error("call_id=%s no RTP port: %s", info.call_id, exc)
-            await handle.close("no RTP port")
-            raise SipReject(503, "Service Unavailable") from None
-        self._next_port = port + 2 if port + 2 <= self.settings.rtp_port_max else 0
+            self._refuse(info.call_id, "no_port", 503, "Service Unavailable")
+        if info.call_id in self.active:
+            transport.close()
+            self._refuse(info.call_id, "duplicate", 482, "Loop Detected")
         try:
             session = RtpSession(
                 transport,
@@ -192,22 +234,32 @@ class SipDoor:
                 port,
                 codec,
                 dtmf,
-                (offer.address, offer.port),
+                (address, offer.port),
                 playout_ms=self.settings.jitter_playout_ms,
                 timeout_s=self.settings.rtp_timeout_s,
-                on_audio=handle.feed,
-                on_dtmf=handle.dtmf,
+                hold_timeout_s=self.settings.rtp_hold_timeout_s,
+                signalling_ip=info.remote_addr[0],
+                on_audio=lambda pcm: call.feed(pcm),
+                on_dtmf=lambda digit: call.dtmf(digit),
                 on_end=lambda reason: self._spawn_end(info.call_id, reason),
+                on_first_media=lambda: self._start_media(call),
                 comfort_silence=self.comfort_silence,
             )
         except UnsupportedCodec as exc:
             transport.close()
-            await handle.close("codec")
+            self._count_rejected("no_codec")
             raise SipReject(488, "Not Acceptable Here") from exc
         # an initial offer without an address is not hold: we send once RTP shows the way
         session.set_direction(negotiate_direction(offer.direction))
         sink.attach(session)
-        self.active[info.call_id] = _SipCall(info.call_id, info, sink, session, handle)
+        call = _SipCall(info.call_id, info, sink, session)
+        call.timer = asyncio.get_running_loop().call_later(
+            self.settings.max_call_duration_s,
+            self._spawn_end,
+            info.call_id,
+            "max call duration",
+        )
+        self.active[info.call_id] = call
         log.info(
             "call_id=%s RTP %s/%d on port %d, caller %s:%d",
             info.call_id,
@@ -221,16 +273,78 @@ class SipDoor:
         return MediaAnswer(address, port, codec, dtmf, "sendrecv")
 
     async def on_established(self, dialog: Dialog) -> None:
-        """ACK arrived: start the media clock for this call."""
+        """ACK arrived: start the media clock and open the pipeline call (if the first RTP
+        packet has not already); a refused open (full, duplicate) hangs up."""
         call = self.active.get(dialog.info.call_id)
         if call is None:
             await dialog.hangup()
             return
         call.dialog = dialog
-        if call.ending:  # the pipeline hung up before the ACK
+        if call.ending:  # the pipeline hung up (or the call was refused) before the ACK
             await dialog.hangup()
             return
-        self.clock.add(call.session)
+        await asyncio.shield(self._start_media(call))
+
+    def _start_media(self, call: _SipCall) -> asyncio.Task[bool]:
+        """Tick the call's media and open its pipeline call, once (ACK or first RTP)."""
+        if call.opening is None:
+            self.clock.add(call.session)
+            call.opening = asyncio.get_running_loop().create_task(
+                self._open(call), name=f"sip-open-{call.call_id}"
+            )
+        return call.opening
+
+    async def _open(self, call: _SipCall) -> bool:
+        """Open the pipeline call; a refusal ends the SIP call (BYE)."""
+        options = parse_call_options(
+            {},
+            TTS_ENGINES,
+            door="sip",
+            default_engine=self.settings.default_tts_engine,
+            call_id=call.call_id,
+        )
+        try:
+            handle = await self.calls.open(options, call.sink)
+        except (CallLimitExceeded, DuplicateCallId, ValueError) as exc:
+            self.rejected += 1  # counted by the call manager
+            log.info("call_id=%s pipeline refused the call: %s", call.call_id, exc)
+            self._spawn_end(call.call_id, "call refused")
+            return False
+        if self.active.get(call.call_id) is not call:  # the dialog ended while opening
+            await handle.close("ended before the pipeline opened")
+            return False
+        call.opened(handle)
+        return True
+
+    def _has_room(self) -> bool:
+        """Whether a new INVITE may take a call slot, asked without opening a call: the
+        manager's `accepting`, its open calls plus ours not opened yet, against its limit."""
+        calls: Any = self.calls
+        if not getattr(calls, "accepting", True):
+            return False
+        opened = getattr(calls, "active", 0)
+        opened = opened if isinstance(opened, int) else len(opened)
+        waiting = sum(1 for call in self.active.values() if call.handle is None)
+        limit = getattr(calls, "max_calls", self.settings.max_concurrent_calls)
+        return bool(opened + waiting < limit)
+
+    def _refuse(self, call_id: str, reason: RejectReason, status: int, text: str) -> NoReturn:
+        self._count_rejected(reason)
+        log.info("call_id=%s %d: %s", call_id, status, reason)
+        raise SipReject(status, text)
+
+    async def _resolve(self, call_id: str, host: str, *, new_call: bool = True) -> str:
+        """The SDP host as an IP (names resolved once, asynchronously); 488 if it is not
+        (a refused call when `new_call`)."""
+        if host in _UNSPECIFIED or not host:
+            return host or "0.0.0.0"
+        try:
+            return await self.resolver.resolve(host)
+        except ResolveError as exc:
+            log.info("call_id=%s 488: SDP host: %s", call_id, exc)
+            if new_call:
+                self._count_rejected("bad_request")
+            raise SipReject(488, "Not Acceptable Here") from None
 
     async def on_reinvite(self, dialog: Dialog, offer: MediaOffer) -> MediaAnswer:
         """Hold/unhold or a new address; the codec stays what it was if still offered."""
@@ -239,12 +353,14 @@ class SipDoor:
             raise SipReject(481, "Call/Transaction Does Not Exist")
         # the codec in use is kept while still offered; else a codec change, or 488
         codec, dtmf = negotiate(offer, self.supported_codecs(), prefer=call.session.codec_info)
+        # resolved before anything changes
+        remote_ip = await self._resolve(call.call_id, offer.address, new_call=False)
         try:
             call.session.change_codec(codec, dtmf)
         except UnsupportedCodec as exc:
             raise SipReject(488, "Not Acceptable Here") from exc
-        if offer.port and offer.address not in _UNSPECIFIED:
-            call.session.update_remote((offer.address, offer.port))
+        if offer.port and remote_ip not in _UNSPECIFIED:
+            call.session.update_remote((remote_ip, offer.port))
         direction = _our_direction(offer)
         call.session.set_direction(direction)
         log.info(
@@ -273,14 +389,17 @@ class SipDoor:
         elif kind == "application/dtmf":
             digit = text.strip()
         if len(digit) == 1 and digit.upper() in "0123456789*#ABCD":
-            call.handle.dtmf(digit.upper())
+            call.dtmf(digit.upper())
 
     async def on_terminated(self, call_id: str, reason: str) -> None:
-        """The dialog is over: stop the media and close the call."""
+        """The dialog is over: stop the media and close the call (an INVITE never ACKed
+        opened no pipeline call: nothing to close)."""
         call = self.active.pop(call_id, None)
         if call is None:
             return
         call.ending = True
+        if call.timer is not None:
+            call.timer.cancel()
         self.clock.discard(call.session)
         self._count(call)
         self._counted.pop(call_id, None)
@@ -297,6 +416,8 @@ class SipDoor:
             call.session.stats.malformed,
             call.session.stats.foreign,
         )
+        if call.handle is None:
+            return  # never opened, or `_open` still running: it closes what it opens
         try:
             await call.handle.close(reason)
         except Exception:
@@ -350,6 +471,12 @@ class SipDoor:
         if foreign:
             m.errors.labels(stage="rtp", error_type="foreign_source").inc(foreign)
 
+    def _count_rejected(self, reason: RejectReason) -> None:
+        """A call refused before the call manager saw it."""
+        self.rejected += 1
+        if self.metrics is not None:
+            self.metrics.calls_rejected.labels(door="sip", reason=reason).inc()
+
     def _report(self) -> None:
         """Once a second: RTP counters and the summed jitter-buffer depth."""
         if self.metrics is None:
@@ -365,6 +492,7 @@ class SipDoor:
         for call_id in list(self.active):
             await self.on_terminated(call_id, "shutdown")
         await self.clock.stop()
+        await self.resolver.close()
 
 
 class SipService:
@@ -398,6 +526,12 @@ async def start_sip(
 ) -> SipService:
     """Start the SIP door on `SIP_HOST:SIP_PORT` (port 0 picks a free one)."""
     door = SipDoor(settings, calls, metrics, comfort_silence=comfort_silence)
+    guard = SipGuard.build(
+        allow_from=settings.allow_from,
+        auth_users=parse_users(settings.sip_auth_users),
+        realm=settings.sip_auth_realm,
+        max_requests_per_s=settings.sip_max_requests_per_s,
+    )
     uas = UserAgentServer(
         door,
         settings.sip_host,
@@ -405,6 +539,9 @@ async def start_sip(
         public_host=settings.sip_public_host,
         udp=udp,
         tcp=tcp,
+        guard=guard,
+        # Bridge.stop gives SIP what is left of SHUTDOWN_GRACE_S after the calls' 60%
+        stop_timeout_s=max(1.0, settings.shutdown_grace_s * 0.35),
     )
     await uas.start()
     return SipService(door, uas)

@@ -49,6 +49,8 @@ from bridge.contract import (
     InvalidCallOptions,
     parse_call_options,
 )
+from bridge.pipeline.manager import refusal
+from bridge.turn import turn_credentials
 from media.playout import PacingClock, Playout
 from media.resample import StreamResampler
 from sip.tasks import TaskSet
@@ -66,8 +68,12 @@ MAX_PENDING_EVENTS: Final = 512
 EVENTS_LABEL: Final = "events"
 
 
-def ice_servers(urls: list[str]) -> list[RTCIceServer]:
-    """`ICE_SERVERS` entries as aiortc servers; `turn:USER:PASS@host:port` carries credentials."""
+def ice_servers(
+    urls: list[str], turn_secret: str = "", turn_ttl_s: int = 3600
+) -> list[RTCIceServer]:
+    """`ICE_SERVERS` entries as aiortc servers; `turn:USER:PASS@host:port` carries static
+    credentials; any other `turn:`/`turns:` URL gets fresh time-limited ones from
+    `turn_secret` (`bridge.turn.turn_credentials`) when it is set."""
     servers = []
     for url in urls:
         match = re.fullmatch(r"(turns?):([^:@/]+):([^@]+)@(.+)", url)
@@ -76,6 +82,9 @@ def ice_servers(urls: list[str]) -> list[RTCIceServer]:
             servers.append(
                 RTCIceServer(urls=f"{scheme}:{host}", username=user, credential=password)
             )
+        elif turn_secret and url.startswith(("turn:", "turns:")):
+            user, credential = turn_credentials(turn_secret, ttl_s=turn_ttl_s)
+            servers.append(RTCIceServer(urls=url, username=user, credential=credential))
         else:
             servers.append(RTCIceServer(urls=url))
     return servers
@@ -174,16 +183,17 @@ class BotAudioTrack(MediaStreamTrack):
 class WebRtcSession:
     """One browser call: peer connection, tracks, data channel and the pipeline's handle.
 
-    It is the call's `CallSink`. `close()` ends everything and is idempotent.
+    It is the call's `CallSink`. The call is opened (its slot taken) before the peer
+    connection is built and attached with `attach()`, so a call over the limit never costs
+    a peer connection. `close()` ends everything and is idempotent.
     """
 
     def __init__(
         self,
-        pc: RTCPeerConnection,
         options: CallOptions,
         on_closed: Callable[[WebRtcSession], None] | None = None,
     ) -> None:
-        self.pc = pc
+        self.pc: RTCPeerConnection | None = None
         self._on_closed = on_closed
         self.options = options
         self.call_id = options.call_id
@@ -195,6 +205,10 @@ class WebRtcSession:
         self._pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
         self._tasks = TaskSet(f"webrtc-{self.call_id}", log)
         self._connected = asyncio.Event()
+
+    def attach(self, pc: RTCPeerConnection) -> None:
+        """Take the call's peer connection and listen to its tracks, channel and state."""
+        self.pc = pc
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
@@ -249,8 +263,9 @@ class WebRtcSession:
             log.exception("webrtc call %s: pipeline close failed", self.call_id)
         finally:
             self.outbound.stop()
-            with contextlib.suppress(Exception):
-                await self.pc.close()
+            if self.pc is not None:
+                with contextlib.suppress(Exception):
+                    await self.pc.close()
             self.closed.set()
             if self._on_closed is not None:
                 self._on_closed(self)
@@ -294,6 +309,8 @@ class WebRtcSession:
             log.debug("webrtc call %s: ignored page message %.80r", self.call_id, text)
 
     async def _on_connection_state(self) -> None:
+        if self.pc is None:
+            return
         state = self.pc.connectionState
         log.debug("webrtc call %s connection %s", self.call_id, state)
         if state == "connected":
@@ -338,17 +355,22 @@ class WebRtcDoor:
         self.sessions: set[WebRtcSession] = set()
         self.connect_timeout_s = CONNECT_TIMEOUT_S
         """Seconds a new peer connection has to reach "connected"."""
-        self._ice = ice_servers(list(settings.ice_servers))
         self._shutting_down = False
 
+    def _ice(self) -> list[RTCIceServer]:
+        settings = self.settings
+        return ice_servers(list(settings.ice_servers), settings.turn_secret, settings.turn_ttl_s)
+
     def configuration(self) -> RTCConfiguration:
-        """ICE configuration; an explicit empty list so aiortc adds no public STUN server."""
-        return RTCConfiguration(iceServers=list(self._ice))
+        """ICE configuration (TURN credentials minted now); an explicit empty list so aiortc
+        adds no public STUN server."""
+        return RTCConfiguration(iceServers=self._ice())
 
     async def handle_config(self, request: web.Request) -> web.Response:
-        """`GET /webrtc/config`: what the page needs before it calls."""
+        """`GET /webrtc/config`: what the page needs before it calls (TURN credentials
+        included: `bridge.access_http` admits only ALLOW_FROM peers with a valid token)."""
         servers: list[dict[str, Any]] = []
-        for server in self._ice:
+        for server in self._ice():
             entry: dict[str, Any] = {"urls": server.urls}
             if server.username:
                 entry |= {"username": server.username, "credential": server.credential}
@@ -372,29 +394,29 @@ class WebRtcDoor:
         problem, options = self._parse_offer(body)
         if options is None:
             return _error(400, problem)
-        pc = RTCPeerConnection(configuration=self.configuration())
-        session = WebRtcSession(pc, options, on_closed=self.sessions.discard)
+        session = WebRtcSession(options, on_closed=self.sessions.discard)
         try:
             handle = await self.calls.open(options, session)
         except CallLimitExceeded:
-            await pc.close()
-            return _error(503, "too many calls, try again later")
+            return _error(503, "too many calls, try again later", {"Retry-After": "5"})
         except ValueError as exc:  # e.g. the chosen TTS engine is not installed here
-            await pc.close()
             return _error(400, str(exc))
+        # the call holds its slot: only now is a peer connection (sockets, DTLS) worth building
+        pc = RTCPeerConnection(configuration=self.configuration())
+        session.attach(pc)
         self.sessions.add(session)
         session.start(handle, self.connect_timeout_s)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type="offer"))
             if not any(t.kind == "audio" for t in pc.getTransceivers()):
-                await session.close("offer without audio")
+                await session.close(refusal("bad_request"))  # offer without audio
                 return _error(400, "the offer has no audio m-line")
             pc.addTrack(session.outbound)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises many kinds for a malformed SDP
             log.warning("webrtc call %s: bad offer: %r", options.call_id, exc)
-            await session.close("bad offer")
-            return _error(400, f"cannot negotiate this SDP offer: {exc or type(exc).__name__}")
+            await session.close(refusal("bad_request"))  # bad offer
+            return _error(400, "cannot negotiate this SDP offer (see the bridge log)")
         local = pc.localDescription
         log.info(
             "webrtc call %s answered (%s, %s)", options.call_id, options.mode, options.tts_engine
@@ -429,8 +451,8 @@ class WebRtcDoor:
                 task.cancel()
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 def register(app: web.Application, calls: CallOpener, settings: Settings) -> WebRtcDoor:

@@ -13,8 +13,11 @@ mono, at the TTS rate) per sentence.
 Protocol errors send `{"type": "error", "stage": "protocol", "message": ...}` and close:
 
 - 1003 (unsupported data): unknown codec; a text frame where binary audio is due.
-- 1008 (policy violation): bad JSON or invalid metadata; binary before metadata; no
-  metadata within 10 s; a frame over `WS_MAX_FRAME_BYTES`.
+- 1008 (policy violation): bad JSON or invalid metadata (over 4 KiB, nested more than
+  Python's parser allows); binary before metadata; no metadata within 10 s; a frame over
+  `WS_MAX_FRAME_BYTES`; audio arriving faster than 1.5x real time beyond a start-up burst
+  (`InputPacer`); a client that reads nothing for `WS_SEND_TIMEOUT_S` (its connection is
+  dropped and its call freed).
 - 1013 (try again later): over `MAX_CONCURRENT_CALLS` or shutting down (stage `capacity`).
 
 A frame beyond 8 × `WS_MAX_FRAME_BYTES` (at least 1 MiB) is refused by aiohttp itself
@@ -28,6 +31,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -44,7 +48,7 @@ from media.codecs import codec_for
 from media.resample import StreamResampler
 from media.wav import write_wav
 
-__all__ = ["CODECS", "CallMetadata", "WebSocketSink", "make_decoder", "register"]
+__all__ = ["CODECS", "CallMetadata", "InputPacer", "WebSocketSink", "make_decoder", "register"]
 
 log = logging.getLogger("bridge.doors.websocket")
 
@@ -53,6 +57,12 @@ CODECS = ("pcm", "g711_ulaw", "g711_alaw", "opus")
 METADATA_TIMEOUT_S = 10.0
 OUT_QUEUE = 2048
 """Outgoing frames buffered per connection; a slower client back-pressures its own call."""
+METADATA_MAX_BYTES = 4096
+"""The metadata frame is refused unparsed beyond this (it is a handful of short keys)."""
+INPUT_RATE = 1.5
+"""Caller audio may arrive at most this many times faster than real time..."""
+INPUT_BURST_S = 3.0
+"""...beyond a burst of this many seconds of audio (start-up, a network hiccup)."""
 
 Codec = Literal["pcm", "g711_ulaw", "g711_alaw", "opus"]
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -131,16 +141,56 @@ def make_decoder(meta: CallMetadata) -> Decoder:
     return _CodecDecoder(_REGISTRY_NAME[meta.codec])
 
 
+class InputPacer:
+    """A token bucket over seconds of caller audio: it fills at `rate` seconds of audio per
+    second of wall time and holds at most `burst_s`; a frame that finds it empty is too fast.
+
+    A client streaming at real time never empties it; one pushing a file as fast as the
+    socket takes it is stopped after about `burst_s` of audio.
+    """
+
+    def __init__(
+        self, rate: float = INPUT_RATE, burst_s: float = INPUT_BURST_S, now: float | None = None
+    ) -> None:
+        self.rate = rate
+        self.burst_s = burst_s
+        self._level = burst_s
+        self._at = time.monotonic() if now is None else now
+
+    def admit(self, seconds: float, now: float | None = None) -> bool:
+        """Take `seconds` of audio; False when that is more than the bucket holds."""
+        now = time.monotonic() if now is None else now
+        self._level = min(self.burst_s, self._level + (now - self._at) * self.rate)
+        self._at = now
+        if seconds > self._level:
+            return False
+        self._level -= seconds
+        return True
+
+
 class WebSocketSink:
     """A call's output over one WebSocket: events as JSON text, bot audio as WAV binary.
 
     All frames go through one queue and one writer task, so events and audio leave in the
-    order the pipeline produced them.
+    order the pipeline produced them. A frame that cannot be queued or sent within
+    `send_timeout_s` (the client reads nothing) makes the sink give up: it drops what is
+    queued, ignores what comes next (the pipeline never waits on a dead client) and calls
+    `on_stall`, which drops the connection and so ends the call.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, call_label: str = "?") -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        call_label: str = "?",
+        send_timeout_s: float = 10.0,
+        on_stall: Callable[[], None] | None = None,
+    ) -> None:
         self._ws = ws
         self._label = call_label
+        self._send_timeout_s = send_timeout_s
+        self._on_stall = on_stall
+        self._dead = False
+        """True once the client stopped reading or the connection broke: frames are dropped."""
         self._out: asyncio.Queue[str | bytes | tuple[int, str]] = asyncio.Queue(OUT_QUEUE)
         self._writer = asyncio.ensure_future(self._write_loop())
         self._writer.set_name(f"ws-writer-{call_label}")
@@ -150,12 +200,43 @@ class WebSocketSink:
 
     async def send_event(self, event: contract.Event) -> None:
         """Queue a JSON event."""
-        await self._out.put(json.dumps(event, separators=(",", ":")))
+        await self._put(json.dumps(event, separators=(",", ":")))
 
     async def send_audio(self, audio: Audio) -> None:
         """Queue one sentence of bot audio as a WAV frame."""
-        await self._out.put(write_wav(audio.pcm, audio.sample_rate))
+        await self._put(write_wav(audio.pcm, audio.sample_rate))
         self._playing_until = max(self._playing_until, time.monotonic()) + audio.duration_s
+
+    async def _put(self, item: str | bytes) -> None:
+        if self._dead:
+            return
+        try:
+            await asyncio.wait_for(self._out.put(item), self._send_timeout_s)
+        except TimeoutError:
+            self._stalled("its queue stayed full")
+
+    def _drop_all(self) -> None:
+        self._dead = True
+        while not self._out.empty():
+            self._out.get_nowait()
+
+    def _stalled(self, what: str) -> None:
+        """The client stopped reading: drop everything and let `on_stall` end the call."""
+        if self._dead:
+            return
+        self._drop_all()
+        log.warning(
+            "call=%s websocket client read nothing for %.1fs (%s): dropping it",
+            self._label,
+            self._send_timeout_s,
+            what,
+        )
+        if self.closed_by_server is None:
+            self.closed_by_server = "client not reading"
+        if not self._writer.done() and self._writer is not asyncio.current_task():
+            self._writer.cancel()
+        if self._on_stall is not None:
+            self._on_stall()
 
     def clear_audio(self) -> None:
         """Drop bot audio frames not yet sent (the client owns what it already has)."""
@@ -188,10 +269,18 @@ class WebSocketSink:
             self.closed_by_server = reason
         if not self._writer.done():
             await self._out.put((code, reason))
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await asyncio.shield(self._writer)
+            except asyncio.CancelledError:
+                if not self._writer.cancelled():
+                    raise  # we are cancelled, not the writer
+            except Exception as exc:
+                log.warning("call=%s websocket writer failed while closing: %r", self._label, exc)
         if not self._ws.closed:
-            await self._ws.close(code=code, message=reason[:120].encode())
+            try:
+                await self._ws.close(code=code, message=reason[:120].encode())
+            except (ConnectionError, RuntimeError) as exc:
+                log.info("call=%s websocket close %d failed: %r", self._label, code, exc)
 
     async def stop(self) -> None:
         """Stop the writer without flushing (the connection is gone)."""
@@ -203,17 +292,22 @@ class WebSocketSink:
         while True:
             item = await self._out.get()
             try:
-                if isinstance(item, tuple):
-                    code, reason = item
-                    if not self._ws.closed:
-                        await self._ws.close(code=code, message=reason[:120].encode())
-                    return
-                if isinstance(item, bytes):
-                    await self._ws.send_bytes(item)
-                else:
-                    await self._ws.send_str(item)
+                async with asyncio.timeout(self._send_timeout_s):
+                    if isinstance(item, tuple):
+                        code, reason = item
+                        if not self._ws.closed:
+                            await self._ws.close(code=code, message=close_reason(reason))
+                        return
+                    if isinstance(item, bytes):
+                        await self._ws.send_bytes(item)
+                    else:
+                        await self._ws.send_str(item)
+            except TimeoutError:
+                self._stalled("a send did not finish")
+                return
             except (ConnectionError, RuntimeError) as exc:
                 log.debug("call=%s websocket send failed: %r", self._label, exc)
+                self._drop_all()
                 return
 
 
@@ -229,24 +323,38 @@ async def _refuse(ws: web.WebSocketResponse, stage: str, message: str, code: int
     log.info("websocket refused (%d): %s", code, message)
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_json({"type": "error", "stage": stage, "message": message})
-    await ws.close(code=code, message=message[:120].encode())
+    await ws.close(code=code, message=close_reason(message))
+
+
+def close_reason(text: str) -> bytes:
+    """`text` as a close frame's reason: UTF-8, at most 123 bytes, cut at a character."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _parse_metadata(
     text: str, default_engine: str
 ) -> tuple[tuple[CallMetadata, CallOptions] | None, str, int]:
     """Metadata and the call's options, or (None, error message, close code)."""
+    if len(text) > METADATA_MAX_BYTES or len(text.encode("utf-8")) > METADATA_MAX_BYTES:
+        return (
+            None,
+            f"metadata is too large (over {METADATA_MAX_BYTES} bytes)",
+            int(WSCloseCode.POLICY_VIOLATION),
+        )
     try:
         raw: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"metadata is not valid JSON: {exc.msg}", int(WSCloseCode.POLICY_VIOLATION)
+    except RecursionError:
+        return None, "metadata is nested too deeply", int(WSCloseCode.POLICY_VIOLATION)
     if not isinstance(raw, dict):
         return None, "metadata must be a JSON object", int(WSCloseCode.POLICY_VIOLATION)
     codec = raw.get("codec")
     if codec is not None and codec not in CODECS:
+        named = f" {codec!r}" if isinstance(codec, str) and len(codec) <= 32 else ""
         return (
             None,
-            f"unknown codec {codec!r} (supported: {', '.join(CODECS)})",
+            f"unknown codec{named} (supported: {', '.join(CODECS)})",
             int(WSCloseCode.UNSUPPORTED_DATA),
         )
     audio = {key: value for key, value in raw.items() if key not in _OPTION_KEYS}
@@ -286,7 +394,13 @@ def register(app: web.Application, calls: CallOpener, settings: Settings, metric
             await _refuse(ws, "protocol", error, code)
             return ws
         meta, options = parsed
-        sink = WebSocketSink(ws, options.call_id)
+
+        def drop_connection() -> None:
+            metrics.error("protocol", "send_timeout")
+            if request.transport is not None:
+                request.transport.abort()  # a close frame would not be read either
+
+        sink = WebSocketSink(ws, options.call_id, settings.ws_send_timeout_s, drop_connection)
         try:
             call = await calls.open(options, sink)
         except CallLimitExceeded as exc:
@@ -328,6 +442,7 @@ async def _pump(
     decoder = make_decoder(meta)
     resampler = StreamResampler(decoder.rate, CALLER_RATE)
     bad_frames = 0
+    pacer = InputPacer()
     while True:
         msg = await ws.receive()
         if msg.type == WSMsgType.BINARY:
@@ -350,6 +465,13 @@ async def _pump(
                         "undecodable %s frame (%d so far): %r", meta.codec, bad_frames, exc
                     )
                 continue
+            if not pacer.admit(pcm.size / decoder.rate):
+                metrics.error("protocol", "too_fast")
+                call_log.warning("caller audio faster than real time: closing")
+                await sink.fail(
+                    "audio is arriving faster than real time", WSCloseCode.POLICY_VIOLATION
+                )
+                return "protocol error: audio faster than real time"
             if pcm.size:
                 call.feed(resampler.process(pcm))
         elif msg.type == WSMsgType.TEXT:

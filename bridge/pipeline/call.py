@@ -10,6 +10,10 @@ in the call's `TaskSet` and cancelled (and waited for) by `close()`:
   matches) → `transcript` event → in conversation mode a `Reply` (LLM → sentences → TTS →
   sink) that barge-in cancels → the turn's `metrics` event.
 
+ASR has a budget (`ASR_TIMEOUT_S`, from the end of the utterance, pool wait included); a
+failed or late transcription is an `error` event and, in conversation mode, the "repeat"
+fallback phrase (`fallbacks.Fallbacks`) through the sink.
+
 Backend concurrency is bounded by the `Pools` shared by all calls. Whether the bot is still
 speaking comes from the sink (`CallSink.playing_until()`).
 
@@ -32,15 +36,17 @@ from typing import Generic, TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 
+from bridge.backends.base import Audio
 from bridge.config import Settings
 from bridge.contract import CALLER_RATE, CallOptions, CallSink
 from bridge.metrics import Metrics
+from bridge.pipeline.fallbacks import FallbackKind, Fallbacks
 from bridge.pipeline.listener import Listener, make_vad
 from bridge.pipeline.output import CallLog, Output
 from bridge.pipeline.pools import BackendSet, Pools
 from bridge.pipeline.reply import Conversation, Reply, Voice
 from bridge.pipeline.speculation import Guess, Speculation
-from bridge.pipeline.timing import TurnTimes, timed
+from bridge.pipeline.timing import TurnTimes, timed, within
 from media.vad import VAD, UtteranceEnded
 from sip.tasks import TaskSet
 
@@ -84,6 +90,7 @@ class Call:
         pools: Pools,
         on_closed: Callable[[Call], None] | None = None,
         vad: VAD | None = None,
+        fallbacks: Fallbacks | None = None,
     ) -> None:
         self.call_id = options.call_id
         self.options = options
@@ -99,9 +106,23 @@ class Call:
         self._on_closed = on_closed
         self.log = CallLog(log, {"call_id": self.call_id})
         self._tasks = TaskSet(f"call-{self.call_id}", self.log)
-        self._out = Output(sink, metrics, self.log)
+        self._out = Output(sink, metrics, self.log, options.tts_engine)
+        self._fallbacks = fallbacks if fallbacks is not None else Fallbacks.from_settings(settings)
+        self._asr_budget_s = settings.asr_timeout_s
+        self._asr = backends.asr
         self._voice = (
-            Voice(backends.llm, pools.llm, tts, tts_pool, self._out, metrics, self.log)
+            Voice(
+                backends.llm,
+                pools.llm,
+                tts,
+                tts_pool,
+                self._out,
+                metrics,
+                self.log,
+                first_token_budget_s=settings.llm_first_token_timeout_s,
+                tts_budget_s=settings.tts_timeout_s,
+                fallback=self._fallback_audio,
+            )
             if tts is not None and tts_pool is not None
             else None
         )
@@ -124,7 +145,7 @@ class Call:
             on_utterance=self._on_utterance,
         )
         self._utterances: asyncio.Queue[_Utterance] = asyncio.Queue(UTTERANCE_QUEUE)
-        self._conversation = Conversation(settings.llm_system_prompt)
+        self._conversation = Conversation(settings.llm_system_prompt, settings.history_messages)
         self._reply: Reply | None = None
         self._closed = False
         self._started = False
@@ -199,6 +220,11 @@ class Call:
         "speech_started_at_s",
         "Stream position (seconds of caller audio processed) of the last VAD speech start.",
     )
+    arrival_clock_frames = _Part[int](
+        "_listener",
+        "arrival_clock_frames",
+        "Frames the arrival clock remembers (those since the last utterance's end).",
+    )
     speculation_hits = _Part[int](
         "_speculation", "hits", "Turns whose transcript came from a speculative transcription."
     )
@@ -212,6 +238,11 @@ class Call:
         "skipped",
         "Pauses with no speculation because the ASR pool had no free slot.",
     )
+
+    @property
+    def history_length(self) -> int:
+        """User/assistant messages of LLM history the call keeps (at most HISTORY_MESSAGES)."""
+        return len(self._conversation)
 
     @property
     def task_count(self) -> int:
@@ -230,6 +261,9 @@ class Call:
         if self._reply is not None:
             self._reply.cancel()
         self.log.info("barge-in at %.2fs: bot audio cleared, reply cancelled", self.stream_time_s)
+
+    def _fallback_audio(self, kind: FallbackKind) -> Audio:
+        return self._fallbacks.audio(kind, self.options.tts_engine)
 
     def _on_utterance(self, event: UtteranceEnded, last_frame_arrival: float) -> None:
         utterance = _Utterance(event.pcm, last_frame_arrival, self._speculation.take(event))
@@ -256,9 +290,16 @@ class Call:
         turn = TurnTimes(utterance.last_frame_arrival)
         timer = timed("asr", self._metrics)
         try:
-            transcript = await self._speculation.transcript(utterance.speculation, utterance.pcm)
+            transcript = await within(
+                self._asr_budget_s,
+                self._speculation.transcript(utterance.speculation, utterance.pcm),
+                self._asr,
+                "transcript",
+            )
         except Exception as exc:
             await self._out.stage_error("asr", exc)
+            if self.options.mode == "conversation":
+                await self._out.play(self._fallback_audio("repeat"))
             return
         turn.asr_ms = timer.done()
         text = transcript.text.strip()

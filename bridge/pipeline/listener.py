@@ -40,7 +40,7 @@ FEED_QUEUE_FRAMES = 500
 """Caller frames buffered per call before the oldest are dropped (10 s of 20 ms frames)."""
 
 _ARRIVAL_FRAMES = 1600
-"""Frames of arrival-clock history kept for the end-to-end timing (> the longest utterance)."""
+"""Most frames of arrival clock kept (> the longest utterance); a lookup forgets the older."""
 
 _Item = tuple[npt.NDArray[np.int16] | str, float]
 
@@ -88,6 +88,11 @@ class Listener:
     def stream_time_s(self) -> float:
         """Seconds of caller audio the VAD has processed so far."""
         return self._samples / CALLER_RATE
+
+    @property
+    def arrival_clock_frames(self) -> int:
+        """Frames the arrival clock remembers."""
+        return len(self._arrivals)
 
     def feed(self, pcm: npt.NDArray[np.int16]) -> None:
         """Queue caller audio with its arrival time."""
@@ -137,9 +142,17 @@ class Listener:
                     self.on_utterance(event, self._arrival_of(event.speech_end_s))
 
     def _arrival_of(self, stream_s: float) -> float:
-        """Wall time at which the frame holding stream time `stream_s` was fed."""
+        """Wall time at which the frame holding stream time `stream_s` was fed.
+
+        Utterances end in stream order, so the frames before this one are never looked up
+        again and are forgotten here: the clock holds only the frames since the last
+        utterance's end, and the work per frame stays the same however old the call is.
+        """
         sample = int(stream_s * CALLER_RATE)
-        for end_sample, arrival in self._arrivals:
-            if end_sample >= sample:
-                return arrival
-        return self._arrivals[-1][1] if self._arrivals else time.monotonic()
+        arrivals = self._arrivals
+        passed: float | None = None
+        while arrivals and arrivals[0][0] < sample:
+            passed = arrivals.popleft()[1]
+        if arrivals:
+            return arrivals[0][1]
+        return passed if passed is not None else time.monotonic()

@@ -13,6 +13,7 @@ transcript being available.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ from bridge.backends.base import ASR, Transcript
 from bridge.contract import CALLER_RATE
 from bridge.metrics import Metrics
 from bridge.pipeline.output import CallLog
+from bridge.pipeline.pools import hold
 from media.vad import SpeechPaused, UtteranceEnded
 from sip.tasks import TaskSet
 
@@ -78,10 +80,10 @@ class Speculation:
         previous, self._current = self._current, None
         if previous is not None:
             self._discard(previous, "the caller spoke again")
-        elif self.pool.locked():
+        if self.pool.locked():
             self._skip(event.time_s)
             return
-        task = self.tasks.spawn(self._transcribe(event.pcm, previous), "speculative-asr")
+        task = self.tasks.spawn(self._transcribe(event.pcm), "speculative-asr")
         self._current = _Attempt(event.pcm, event.audio_start_s, event.speech_end_s, task)
         self.log.debug(
             "speculative asr started at %.2fs on %.2fs of audio",
@@ -103,7 +105,7 @@ class Speculation:
     async def transcript(self, guess: Guess | None, pcm: npt.NDArray[np.int16]) -> Transcript:
         """The utterance's transcript: the speculative one when there is one, else a new one."""
         if guess is not None and not guess.cancelled():
-            outcome = await guess
+            outcome = await asyncio.shield(guess)
             if outcome is not None:
                 self.hits += 1
                 self.metrics.asr_speculation.labels(outcome="hit").inc()
@@ -111,8 +113,7 @@ class Speculation:
                 if isinstance(outcome, Exception):
                     raise outcome
                 return outcome
-        async with self.pool:
-            return await self.asr.transcribe(pcm)
+        return await hold(self.pool, functools.partial(self.asr.transcribe, pcm))
 
     def _skip(self, time_s: float) -> None:
         self.skipped += 1
@@ -125,22 +126,19 @@ class Speculation:
         self.metrics.asr_speculation.labels(outcome="miss").inc()
         self.log.debug("speculative asr discarded: %s", why)
 
-    async def _transcribe(
-        self, pcm: npt.NDArray[np.int16], previous: _Attempt | None
-    ) -> SpeculativeResult:
+    async def _transcribe(self, pcm: npt.NDArray[np.int16]) -> SpeculativeResult:
         """Transcribe `pcm` in a slot that is free now; never wait behind other requests.
 
         The outcome (transcript or error) is returned, not raised: it becomes the turn's
-        ASR outcome only if the utterance ends as it was when this started.
+        ASR outcome only if the utterance ends as it was when this started. A discard
+        cancels this task, not the backend's work: that keeps its slot (`hold`) until the
+        ASR has really finished, so the pool never sends the turn behind a busy backend
+        while counting it free.
         """
-        if previous is not None:
-            # let the cancelled predecessor give its slot back before looking for one
-            await asyncio.gather(previous.task, return_exceptions=True)
         if self.pool.locked():
             self._skip(self.stream_time_s())
             return None
         try:
-            async with self.pool:  # free: acquired without waiting
-                return await self.asr.transcribe(pcm)
+            return await hold(self.pool, functools.partial(self.asr.transcribe, pcm))
         except Exception as exc:
             return exc

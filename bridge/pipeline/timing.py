@@ -5,14 +5,19 @@ Stage times include the wait for a pool slot, since that is what the caller feel
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
+from bridge.backends.base import BackendError
 from bridge.contract import Event
 from bridge.metrics import Metrics
 
-__all__ = ["StageTimer", "TurnTimes", "ms", "timed"]
+__all__ = ["StageTimer", "TurnTimes", "ms", "timed", "within"]
+
+T = TypeVar("T")
 
 Stage = Literal["asr", "llm", "tts"]
 
@@ -45,6 +50,21 @@ class StageTimer:
 def timed(stage: Stage, metrics: Metrics) -> StageTimer:
     """Start timing one run of `stage` (asr, llm, tts)."""
     return StageTimer(stage, metrics)
+
+
+async def within(budget_s: float, work: Awaitable[T], backend: object, what: str) -> T:
+    """`await work`, or raise a `BackendError` of kind `timeout` for `backend` once
+    `budget_s` (the stage budget still left) has passed; `work` is then cancelled."""
+    try:
+        async with asyncio.timeout(max(0.0, budget_s)):
+            return await work
+    except TimeoutError:
+        raise BackendError(
+            str(getattr(backend, "name", type(backend).__name__)),
+            str(getattr(backend, "url", "")),
+            "timeout",
+            f"no {what} within the {budget_s:g} s budget",
+        ) from None
 
 
 @dataclass

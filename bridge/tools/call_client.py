@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -20,10 +19,28 @@ import aiohttp
 import numpy as np
 import numpy.typing as npt
 
-from bridge.tools.loadtest import encode_chunks, wire_rate
+from bridge.tools.loadtest import encode_chunks, wire_rate, with_token
 from media.wav import read_wav, write_wav
 
 CHUNK_S = 0.02
+CLOSE_WAIT_S = 2.0
+"""After an `error` event, how long to wait for the server's close code and reason."""
+
+
+class CallFailed(RuntimeError):
+    """The call ended without a turn: the server's `error` event and/or its close code
+    and reason, as the server sent them."""
+
+    def __init__(self, error: str = "", code: int | None = None, reason: str = "") -> None:
+        self.error = error
+        self.code = code
+        self.reason = reason
+        parts = []
+        if code is not None:
+            parts.append(f"the server closed the call ({code}{' ' + reason if reason else ''})")
+        if error:
+            parts.append(f"error event: {error}")
+        super().__init__("; ".join(parts) or "the call ended before a metrics event arrived")
 
 
 @dataclass
@@ -44,7 +61,8 @@ async def call(
     tts_engine: str = "piper",
     timeout_s: float = 60.0,
 ) -> CallResult:
-    """Make one call with the caller audio `pcm`; return the first turn (raise on `error`)."""
+    """Make one call with the caller audio `pcm`; return the first turn. Raise `CallFailed`
+    with the server's `error` event, close code and reason when the call ends without one."""
     chunks = encode_chunks(pcm, rate, codec)
     silence = encode_chunks(np.zeros(int(rate * CHUNK_S), np.int16), rate, codec)[0]
     metadata = {
@@ -66,15 +84,18 @@ async def call(
                 await asyncio.sleep(max(0.0, start + (i + 1) * CHUNK_S - loop.time()))
 
         sender = asyncio.create_task(stream())
+        error = ""
         try:
             async with asyncio.timeout(timeout_s):
-                async for msg in ws:
+                while True:
+                    msg = await ws.receive(CLOSE_WAIT_S if error else None)
                     if msg.type == aiohttp.WSMsgType.BINARY:
                         part, reply_rate = read_wav(msg.data)
                         reply_parts.append(part)
                         continue
                     if msg.type != aiohttp.WSMsgType.TEXT:
-                        break
+                        reason = msg.extra if isinstance(msg.extra, str) else ""
+                        raise CallFailed(error, ws.close_code, reason)
                     event = json.loads(msg.data)
                     kind = event.get("type")
                     if kind == "llm_token":
@@ -86,18 +107,21 @@ async def call(
                     elif kind == "llm_done":
                         print(f"  ({event['latency_ms']} ms)")
                     elif kind == "error":
-                        raise RuntimeError(f"{event.get('stage')}: {event.get('message')}")
-                    elif kind == "metrics":
+                        error = f"{event.get('stage')}: {event.get('message')}"
+                    elif kind == "metrics" and not error:
                         print("metrics: " + json.dumps(event))
                         reply = (
                             np.concatenate(reply_parts) if reply_parts else np.zeros(0, np.int16)
                         )
                         return CallResult(dict(event), reply, reply_rate)
+        except TimeoutError:
+            if error:  # no close within CLOSE_WAIT_S: the error event is the whole story
+                raise CallFailed(error) from None
+            raise
         finally:
             sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
-    raise RuntimeError("the call ended before a metrics event arrived")
+            # a sender that failed on the closing socket must not hide why it closed
+            await asyncio.gather(sender, return_exceptions=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +135,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tts-engine", default="piper", choices=["piper", "coqui"])
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a turn")
+    parser.add_argument("--token", default=None, help="an ACCESS_TOKENS token of the bridge")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -118,7 +143,15 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         pcm, rate = read_wav(args.wav.read_bytes())
         result = asyncio.run(
-            call(args.url, pcm, rate, args.codec, args.mode, args.tts_engine, args.timeout)
+            call(
+                with_token(args.url, args.token),
+                pcm,
+                rate,
+                args.codec,
+                args.mode,
+                args.tts_engine,
+                args.timeout,
+            )
         )
         if result.reply.size:
             args.out.write_bytes(write_wav(result.reply, result.reply_rate))
@@ -126,4 +159,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     except (RuntimeError, OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
         print(f"voicebridge call: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     return 0

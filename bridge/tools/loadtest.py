@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import numpy.typing as npt
+import yarl
 
 from media.codecs import codec_for
 from media.resample import resample
@@ -47,6 +48,7 @@ __all__ = [
     "percentile",
     "run_from_args",
     "run_load",
+    "with_token",
 ]
 
 CHUNK_S = 0.02
@@ -204,7 +206,10 @@ async def _one_call(
         failure = ""
         try:
             while True:
-                if sent_all.is_set() and metrics and metrics >= transcripts:
+                # a turn ends with its metrics event or its error event (an ASR error has no
+                # transcript): either settles it, so an error never waits out the deadline
+                settled = metrics + errors
+                if sent_all.is_set() and settled and settled >= transcripts:
                     if time.monotonic() - last_event >= QUIET_S:
                         break
                 if time.monotonic() > deadline:
@@ -234,9 +239,9 @@ async def _one_call(
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-    if failure:
+    if failure and not errors:  # a call whose error events were counted is not counted again
         result.add_error(failure)
-    elif errors == 0:
+    elif not failure and errors == 0:
         result.calls_completed += 1
 
 
@@ -284,8 +289,15 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
+def with_token(url: str, token: str | None) -> str:
+    """`url` with `?token=<token>` added (ACCESS_TOKENS on the bridge); `url` when no token."""
+    if not token:
+        return url
+    return str(yarl.URL(url).update_query(token=token))
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The spec §4.5 flags (plus `--mode` and `--seed`)."""
+    """The spec §4.5 flags (plus `--mode`, `--seed` and `--token`)."""
     parser.add_argument("--gateway", default="ws://localhost:8080/ws/call", help="/ws/call URL")
     parser.add_argument("--concurrency", type=int, default=20, help="simultaneous calls")
     parser.add_argument("--duration", type=parse_duration, default=60.0, help="e.g. 60s, 2m")
@@ -296,6 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mode", choices=("conversation", "transcribe_only"), default="conversation"
     )
     parser.add_argument("--seed", type=int, default=None, help="file choice seed")
+    parser.add_argument("--token", default=None, help="an ACCESS_TOKENS token of the bridge")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -306,7 +319,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(
             run_load(
-                args.gateway,
+                with_token(args.gateway, args.token),
                 args.concurrency,
                 args.duration,
                 args.audio_dir,

@@ -51,11 +51,111 @@ async def test_service_speaks_a_wav_the_asr_understands(
 @pytest.mark.slow
 async def test_service_falls_back_to_the_shipped_voice(piper_service: Server) -> None:
     async with httpx.AsyncClient(base_url=piper_service.url, timeout=30) as client:
-        response = await client.post("/synthesize", json={"text": "Hello.", "voice": "xx_YY-none"})
-    assert response.status_code == 200
+        configured = await client.post(
+            "/synthesize", json={"text": "Hello.", "voice": "en_US-lessac-medium"}
+        )
+        unknown = await client.post("/synthesize", json={"text": "Hello.", "voice": "xx_YY-none"})
+    assert configured.status_code == 200
+    assert unknown.status_code == 422 and "unknown voice" in unknown.json()["detail"]
     log = piper_service.log()
     assert "'en_US-lessac-medium' not found locally; using the shipped en_US-joe-medium" in log
-    assert "'xx_YY-none' not found locally" in log
+
+
+class _FakeVoice:
+    class config:
+        sample_rate = 22050
+
+
+def _voice_dir(tmp_path: Path, names: list[str]) -> Path:
+    for name in names:
+        (tmp_path / f"{name}.onnx").write_bytes(b"onnx")
+        (tmp_path / f"{name}.onnx.json").write_text("{}")
+    (tmp_path / "stray.onnx").write_bytes(b"no config next to it")
+    return tmp_path
+
+
+@pytest.fixture
+def fake_piper(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """PiperEngine without ONNX: every load is recorded, speech is a short tone."""
+    from bridge.services import tts_server
+
+    loads: list[Path] = []
+
+    def load(path: Path, threads: int = 2) -> _FakeVoice:
+        loads.append(path)
+        return _FakeVoice()
+
+    monkeypatch.setattr(tts_server, "load_voice", load)
+    monkeypatch.setattr(tts_server, "speak", lambda voice, text: np.full(2205, 500, np.int16))
+    return loads
+
+
+@pytest.mark.parametrize(
+    "voice",
+    [
+        "../../etc/passwd",
+        "/tmp/evil.onnx",
+        "voices/../a",
+        "a.onnx",
+        "stray",
+        "xx_YY-none",
+        "",
+        "a" * 300,
+        "en US",
+    ],
+)
+def test_synthesize_accepts_only_configured_voice_names(
+    tmp_path: Path, fake_piper: list[Path], voice: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from bridge.services.tts_server import PiperEngine, create_app
+
+    engine = PiperEngine("alto", str(_voice_dir(tmp_path, ["alto", "bass"])))
+    with TestClient(create_app(engine)) as client:
+        for good in ("alto", "bass", None):
+            assert (
+                client.post("/synthesize", json={"text": "Hi.", "voice": good}).status_code == 200
+            )
+        response = client.post("/synthesize", json={"text": "Hi.", "voice": voice})
+    if voice == "":
+        assert response.status_code == 200  # empty = the default voice
+        return
+    assert response.status_code == 422, response.text
+    assert str(tmp_path) not in response.text and "etc" not in response.json()["detail"]
+    assert all(p.parent == tmp_path for p in fake_piper)
+
+
+def test_loaded_voices_are_bounded(tmp_path: Path, fake_piper: list[Path]) -> None:
+    from bridge.services.tts_server import MAX_LOADED_VOICES, PiperEngine
+
+    names = [f"v{i}" for i in range(MAX_LOADED_VOICES + 3)]
+    engine = PiperEngine("v0", str(_voice_dir(tmp_path, names)))
+    for name in names * 2:
+        engine.synthesize("Hi.", name)
+    assert len(engine._loaded) == MAX_LOADED_VOICES
+    engine.synthesize("Hi.", names[-1])  # the most recent one is still loaded
+    assert fake_piper[-1] == tmp_path / f"{names[-1]}.onnx"
+    loads = len(fake_piper)
+    engine.synthesize("Hi.", names[-1])
+    assert len(fake_piper) == loads
+
+
+def test_synthesis_failure_detail_is_plain(tmp_path: Path, fake_piper: list[Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from bridge.services import tts_server
+
+    engine = tts_server.PiperEngine("alto", str(_voice_dir(tmp_path, ["alto"])))
+
+    def broken(voice: object, text: str) -> None:
+        raise RuntimeError(f"onnx failed reading {tmp_path}/alto.onnx")
+
+    tts_server.speak = broken  # type: ignore[assignment]  # restored by fake_piper's monkeypatch
+    with TestClient(tts_server.create_app(engine), raise_server_exceptions=False) as client:
+        response = client.post("/synthesize", json={"text": "Hi."})
+    assert response.status_code == 500
+    assert response.json() == {"detail": "synthesis failed"}
 
 
 @pytest.mark.slow

@@ -1,27 +1,69 @@
-"""Helpers for tests against a running bridge: a `voicebridge serve` process and a
-WebSocket client that streams caller audio at real time and records what comes back."""
+"""Helpers for tests against a running bridge: a `voicebridge serve` process, an in-process
+`Bridge` on loopback, a WebSocket client that streams caller audio at real time and records
+what comes back, and raw WebSocket frames for clients on a plain socket."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from bridge.app import Bridge, ManagedBackends
+from bridge.config import Settings
+from tests.fakes.pipeline import FakeBackends
 from tests.fakes.processes import stop_process
 from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK_S = 0.02
+
+
+def loopback_settings(**overrides: Any) -> Settings:
+    """Settings for an in-process `Bridge`: HTTP on a free 127.0.0.1 port, SIP off, no .env
+    file read; `overrides` on top."""
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        gateway_host="127.0.0.1",
+        gateway_port=free_port(),
+        sip_enabled=False,
+        **overrides,
+    )
+
+
+@asynccontextmanager
+async def in_process_bridge(
+    backends: ManagedBackends | None = None, *, shutdown_grace_s: float = 2.0, **overrides: Any
+) -> AsyncIterator[Bridge]:
+    """A started `Bridge` on `loopback_settings(**overrides)` (a short shutdown grace, so a
+    test's stop is quick) and `backends` (fresh `FakeBackends` by default); stopped on exit."""
+    settings = loopback_settings(shutdown_grace_s=shutdown_grace_s, **overrides)
+    bridge = Bridge(settings, FakeBackends() if backends is None else backends)
+    await bridge.start()
+    try:
+        yield bridge
+    finally:
+        await bridge.stop()
+
+
+async def until(condition: Callable[[], object], within_s: float, poll_s: float = 0.02) -> None:
+    """Poll `condition` until it holds; fail the test after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(poll_s)
 
 
 class BridgeProcess:
@@ -165,3 +207,27 @@ async def ws_expect_close(url: str, frames: Sequence[str | bytes]) -> CallRecord
                     pass
             record.close_code = ws.close_code
     return record
+
+
+def ws_upgrade_request(host: str, path: str = "/ws/call") -> bytes:
+    """A raw WebSocket opening handshake (fresh key) for a client on a plain socket."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One masked client WebSocket frame (FIN set): opcode 1 text, 2 binary."""
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))

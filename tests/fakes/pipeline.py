@@ -42,7 +42,9 @@ class FakeASR(_AlwaysReady):
     """Returns scripted transcripts; raises the queued errors first.
 
     With a `clock` (e.g. the call's stream time), each request takes `delay_s` of that
-    clock instead of wall time, so tests can assert on stream positions.
+    clock instead of wall time, so tests can assert on stream positions. With
+    `runs_on=True` the work goes on after the caller gives up (cancel, timeout), as on a
+    worker thread or a whisper.cpp server; `busy` / `max_busy` count requests at work.
     """
 
     name = "fake-asr"
@@ -52,10 +54,14 @@ class FakeASR(_AlwaysReady):
         texts: Sequence[str] = ("hello there",),
         delay_s: float = 0.01,
         clock: Callable[[], float] | None = None,
+        runs_on: bool = False,
     ) -> None:
         self.texts = list(texts)
         self.delay_s = delay_s
         self.clock = clock
+        self.runs_on = runs_on
+        self.busy = 0
+        self.max_busy = 0
         self.calls = 0
         self.pcms: list[npt.NDArray[np.int16]] = []
         self.errors: list[BaseException] = []
@@ -63,6 +69,19 @@ class FakeASR(_AlwaysReady):
     async def transcribe(self, pcm16k: npt.NDArray[np.int16]) -> Transcript:
         self.calls += 1
         self.pcms.append(pcm16k)
+        if self.runs_on:
+            return await asyncio.shield(self._work())
+        return await self._work()
+
+    async def _work(self) -> Transcript:
+        self.busy += 1
+        self.max_busy = max(self.max_busy, self.busy)
+        try:
+            return await self._transcribe()
+        finally:
+            self.busy -= 1
+
+    async def _transcribe(self) -> Transcript:
         if self.clock is None:
             await asyncio.sleep(self.delay_s)
         else:
@@ -198,12 +217,23 @@ class RecordingSink:
     def types(self) -> list[str]:
         return [str(e["type"]) for e in self.events]
 
+    async def wait_for_audio(self, audio: Audio, within_s: float = 5.0) -> float:
+        """Wait until this very `audio` object was handed over; the monotonic time then."""
+        await self._until_true(lambda: any(a is audio for a in self.audio), within_s, "audio")
+        return time.monotonic()
+
     async def wait_for(self, kind: str, count: int = 1, within_s: float = 5.0) -> None:
+        def seen() -> bool:
+            return sum(1 for e in self.events if e["type"] == kind) >= count
+
+        await self._until_true(seen, within_s, f"{count} {kind!r}")
+
+    async def _until_true(self, condition: Callable[[], bool], within_s: float, what: str) -> None:
         deadline = time.monotonic() + within_s
-        while sum(1 for e in self.events if e["type"] == kind) < count:
+        while not condition():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"timed out waiting for {count} {kind!r}; got {self.types()}")
+                raise AssertionError(f"timed out waiting for {what}; got {self.types()}")
             self.changed.clear()
             try:
                 await asyncio.wait_for(self.changed.wait(), remaining)

@@ -22,6 +22,28 @@ ROOT = Path(__file__).resolve().parents[2]
 VOICEBRIDGE = str(ROOT / ".venv/bin/voicebridge")
 
 
+def serve_env(
+    http_port: int, sip_port: int, rtp_ports: tuple[int, int], base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """A `voicebridge serve` subprocess's environment: `base` (by default only PATH and HOME),
+    this checkout importable, HTTP and SIP on 127.0.0.1 at these ports, RTP in `rtp_ports`
+    (low, high), INFO logging."""
+    low, high = rtp_ports
+    if base is None:
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
+    return {
+        **base,
+        "PYTHONPATH": str(ROOT),
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(http_port),
+        "SIP_HOST": "127.0.0.1",
+        "SIP_PORT": str(sip_port),
+        "RTP_PORT_MIN": str(low),
+        "RTP_PORT_MAX": str(high),
+        "LOG_LEVEL": "INFO",
+    }
+
+
 def stop_process(process: subprocess.Popen[Any], grace_s: float = 10.0) -> int:
     """SIGTERM, then SIGKILL if it is still running after `grace_s`; its exit status."""
     process.terminate()

@@ -325,3 +325,39 @@ def test_dtmf_event_does_not_move_the_audio_timing() -> None:
     # Silence only for the event's own slots (less the concealment), nothing extra.
     assert audible[3:].count(False) <= event_packets - 5 + 1
     assert all(audible[50 + event_packets + 3 :])
+
+
+def test_old_sequence_numbers_with_far_future_timestamps_stay_bounded() -> None:
+    """200k hostile packets (old sequence numbers, timestamps far ahead) between ticks: the
+    buffer keeps a bounded number of entries, so each `pop()` touches a bounded number too."""
+    jb = _buffer()
+    for i in range(50):
+        jb.push(_packet(i, seq0=5000))
+        jb.pop()
+    rng = random.Random(3)
+    bound = 0
+    for n in range(200_000):
+        seq = (5000 + 49 - rng.randrange(1, 900)) & 0xFFFF  # behind the newest, not a restart
+        ts = (49 * FRAME + rng.randrange(10, 1 << 24) * FRAME) & 0xFFFFFFFF
+        jb.push(RtpPacket(0, seq, ts, 0x1234, struct.pack("!H", 60000)))
+        if n % 1000 == 0:
+            jb.pop()
+            bound = max(bound, len(jb._buffer))
+    assert bound <= jb.max_packets
+    assert len(jb._buffer) <= 30  # the distance window: a playout delay plus a jump of frames
+    stats = jb.stats
+    assert stats.out_of_window >= 600  # every new one beyond the window (the rest: seen)
+    assert stats.out_of_window + stats.duplicate + stats.late == 200_000
+    # and the real stream still plays after the flood
+    for i in range(50, 60):
+        jb.push(_packet(i, seq0=5000))
+    frames = [int(jb.pop()[0]) for _ in range(10)]
+    assert any(v > 50 for v in frames), frames
+
+
+def test_count_bound_drops_the_overflow() -> None:
+    jb = JitterBuffer(8000, FRAME, 60, decoder=_IndexDecoder(), max_packets=4, jump_ms=300)
+    for i in range(10):  # all arrive before the first tick: only the first four are kept
+        jb.push(_packet(i))
+    assert len(jb._buffer) == 4
+    assert jb.stats.out_of_window == 6

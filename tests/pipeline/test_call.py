@@ -13,15 +13,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from bridge.backends.base import Audio, BackendError
 from bridge.config import Settings
-from bridge.contract import CallLimitExceeded, CallOptions
+from bridge.contract import CallLimitExceeded, CallOptions, Event
 from bridge.metrics import Metrics
-from bridge.pipeline import Call, CallManager, Pools
-from bridge.pipeline.output import CallLog, Output
+from bridge.pipeline import Call, CallManager, Fallbacks, Pools
+from bridge.pipeline.output import PLAIN_WORDS, CallLog, Output
+from bridge.pipeline.pools import hold
 from bridge.pipeline.reply import Conversation, Reply, Voice
 from bridge.pipeline.timing import TurnTimes
 from sip.tasks import TaskSet
 from tests.fakes.pipeline import (
+    FakeASR,
     FakeBackends,
     FakeLLM,
     FakeTTS,
@@ -79,6 +82,35 @@ def utterance(seconds: float = 0.6) -> npt.NDArray[np.int16]:
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
     value = metrics.registry.get_sample_value(name, labels or None)
     return 0.0 if value is None else value
+
+
+def fail_next(backends: FakeBackends, stage: str, kind: str) -> None:
+    """The next request to `stage`'s fake backend raises a `BackendError` of `kind`."""
+    target: Any = {"asr": backends.asr, "llm": backends.llm, "tts": backends.tts_piper}[stage]
+    target.errors.append(backend_error(stage, kind))
+
+
+async def failed_turn_then_next(
+    call: Call, sink: RecordingSink, stage: str, clip: Audio | None = None
+) -> None:
+    """Feed a turn that fails at `stage` (wait for its error and, given, the fallback
+    `clip`), then a second turn until its metrics; close the call."""
+    try:
+        await feed(call, utterance())
+        await sink.wait_for("error")
+        if clip is not None:
+            await sink.wait_for_audio(clip)
+        if stage != "asr":
+            await sink.wait_for("metrics")
+        await feed(call, utterance())
+        await sink.wait_for("metrics", 1 if stage == "asr" else 2)
+    finally:
+        await call.close()
+
+
+def plain_error(stage: str) -> Event:
+    """The error event a caller gets when `stage` fails (the piper engine's words)."""
+    return {"type": "error", "stage": stage, "message": PLAIN_WORDS[stage].format(engine="piper")}
 
 
 Feeder = Callable[[Call, npt.NDArray[np.int16]], Awaitable[None]]
@@ -184,21 +216,11 @@ async def test_transcribe_only_makes_no_llm_or_tts_calls() -> None:
 @pytest.mark.parametrize("stage", ["asr", "llm", "tts"])
 async def test_backend_error_reports_and_the_call_carries_on(stage: str) -> None:
     backends = FakeBackends()
-    target: Any = {"asr": backends.asr, "llm": backends.llm, "tts": backends.tts_piper}[stage]
-    target.errors.append(backend_error(stage, "timeout"))
+    fail_next(backends, stage, "timeout")
     call, sink, metrics = open_call(backends)
-    try:
-        await feed(call, utterance())
-        await sink.wait_for("error")
-        if stage != "asr":
-            await sink.wait_for("metrics")
-        await feed(call, utterance())
-        await sink.wait_for("metrics", 1 if stage == "asr" else 2)
-    finally:
-        await call.close()
+    await failed_turn_then_next(call, sink, stage)
     error = next(e for e in sink.events if e["type"] == "error")
-    assert error["stage"] == stage
-    assert "timeout" in error["message"]
+    assert error == plain_error(stage)
     assert sample(metrics, "pipeline_errors_total", stage=stage, error_type="timeout") == 1
     # the next turn is complete: transcript, reply, audio, metrics
     after_error = sink.types()[sink.types().index("error") + 1 :]
@@ -213,9 +235,11 @@ async def test_unexpected_exception_is_an_error_event_too() -> None:
     backends.tts_piper.errors.append(RuntimeError("boom"))
     call, sink, metrics = open_call(backends)
     await talk(call, sink, utterance())
-    assert {"type": "error", "stage": "tts", "message": "boom"} in sink.events
+    assert plain_error("tts") in sink.events
     assert sample(metrics, "pipeline_errors_total", stage="tts", error_type="internal") == 1
-    assert len(sink.audio) == len(backends.tts_piper.texts) - 1
+    # the first sentence failed: the reply stops at the fallback phrase, the turn ends
+    assert backends.tts_piper.texts == ["Hello, I am the bot."]
+    assert len(sink.audio) == 1 and sink.events[-1]["type"] == "metrics"
 
 
 async def test_barge_in_clears_audio_and_cancels_the_reply() -> None:
@@ -398,7 +422,7 @@ async def test_manager_limit_and_shutdown() -> None:
         await manager.open(CallOptions(door="sip"), sinks[2])
     assert manager.active == 2
     assert sample(metrics, "pipeline_calls_active") == 2
-    assert sample(metrics, "pipeline_calls_rejected_total", door="sip") == 1
+    assert sample(metrics, "pipeline_calls_rejected_total", door="sip", reason="full") == 1
     await a.close()
     assert manager.active == 1
     await manager.shutdown(1.0)
@@ -436,6 +460,14 @@ def test_pools_are_capped_by_backend_concurrency() -> None:
     assert backend_concurrency(Remote(), 10) == 10
     assert backend_concurrency(Declared(), 10) == 3
     assert backend_concurrency(Declared(), 2) == 2
+
+    class TwoServers:  # WHISPER_URL with two whisper.cpp servers, ASR_POOL_SIZE=1 each
+        url = "http://a:8178,http://b:8178"
+        servers = ("a", "b")
+        max_concurrency = 2
+
+    assert backend_concurrency(TwoServers(), 1) == 2
+    assert backend_concurrency(TwoServers(), 4) == 2
 
 
 async def test_silero_vad_engine_finds_the_utterance() -> None:
@@ -623,3 +655,218 @@ def test_speculative_silence_default_and_off() -> None:
         load_settings(_env_file=None, asr_speculative_silence_ms=299).asr_speculative_silence_ms
         == 299
     )
+
+
+# --- fallbacks, budgets and lifecycle (issue 13) ----------------------------------------------
+
+
+async def open_with_fallbacks(
+    backends: FakeBackends, **overrides: Any
+) -> tuple[Call, RecordingSink, Metrics, Fallbacks]:
+    fallbacks = Fallbacks.from_settings(settings(**overrides))
+    await fallbacks.prepare(backends.tts, timeout_s=2.0)
+    s = settings(**overrides)
+    metrics = Metrics()
+    sink = RecordingSink()
+    call = Call(
+        CallOptions(door="websocket", mode="conversation"),
+        sink,
+        s,
+        backends,
+        metrics,
+        Pools.from_settings(s, backends),
+        fallbacks=fallbacks,
+    )
+    sink.call = call
+    call.start()
+    return call, sink, metrics, fallbacks
+
+
+@pytest.mark.parametrize("stage", ["asr", "llm", "tts"])
+async def test_failed_stage_plays_the_fallback_and_the_next_turn_works(stage: str) -> None:
+    backends = FakeBackends()
+    backends.asr.texts = ["first question", "second question"]
+    call, sink, metrics, fallbacks = await open_with_fallbacks(backends)
+    fail_next(backends, stage, "connect")
+    clip = fallbacks.audio("repeat" if stage == "asr" else "trouble", "piper")
+    await failed_turn_then_next(call, sink, stage, clip)
+    assert backends.tts_piper.by_audio[id(clip)] == (
+        "Sorry, I didn't catch that, could you say it again?"
+        if stage == "asr"
+        else "I'm having trouble right now, one moment please."
+    )
+    error = next(e for e in sink.events if e["type"] == "error")
+    assert error == plain_error(stage)
+    assert sample(metrics, "pipeline_errors_total", stage=stage, error_type="connect") == 1
+    assert sink.events[-1]["type"] == "metrics" and sink.events[-1]["tts_ms"] is not None
+
+
+def slow(stage: str, backends: FakeBackends, seconds: float) -> None:
+    if stage == "asr":
+        backends.asr.delay_s = seconds
+    elif stage == "llm":
+        backends.llm.token_delay_s = seconds
+    else:
+        backends.tts_piper.delay_s = seconds
+
+
+@pytest.mark.parametrize("stage", ["asr", "llm", "tts"])
+async def test_stage_past_its_budget_plays_the_fallback_in_time(stage: str) -> None:
+    budget = 0.3
+    backends = FakeBackends()
+    slow(stage, backends, 3.0)
+    call, sink, metrics, fallbacks = await open_with_fallbacks(
+        backends,
+        asr_timeout_s=budget,
+        llm_first_token_timeout_s=budget,
+        tts_timeout_s=budget,
+        asr_speculative_silence_ms=0,
+    )
+    clip = fallbacks.audio("repeat" if stage == "asr" else "trouble", "piper")
+    try:
+        await feed(call, utterance(), realtime=True)
+        ended = time.monotonic()  # the utterance ends within the VAD timeout of here
+        heard_after = await sink.wait_for_audio(clip) - ended
+        slow(stage, backends, 0.01)
+        await sink.wait_for("error")
+    finally:
+        await call.close()
+    assert any(a is clip for a in sink.audio)
+    # budget + 300 ms, plus 1 s of margin for this loaded machine
+    assert heard_after < budget + 0.3 + 1.0
+    assert plain_error(stage) in sink.events
+    assert sample(metrics, "pipeline_errors_total", stage=stage, error_type="timeout") == 1
+
+
+async def test_fallback_plays_when_no_tts_worked_at_start_up() -> None:
+    backends = FakeBackends()
+    backends.tts_piper.errors.extend([backend_error("tts", "connect")] * 2)
+    fallbacks = Fallbacks.from_settings(settings())
+    await fallbacks.prepare(backends.tts, timeout_s=1.0)
+    clip = fallbacks.audio("trouble", "piper")
+    assert clip.pcm.size > 0 and clip.duration_s < 2.0  # the tone of last resort
+    assert fallbacks.audio("trouble", "no-such-engine") is clip
+
+
+class FailingAudioSink(RecordingSink):
+    async def send_audio(self, audio: Audio) -> None:
+        raise ConnectionResetError("the door went away")
+
+
+async def test_reply_failing_in_the_sink_is_an_error_and_interrupted() -> None:
+    backends = FakeBackends()
+    call, sink, metrics = open_call(backends, sink=FailingAudioSink())
+    await talk(call, sink, utterance())
+    assert {
+        "type": "error",
+        "stage": "output",
+        "message": "the reply could not be delivered",
+    } in sink.events
+    assert sample(metrics, "pipeline_errors_total", stage="output", error_type="internal") == 1
+    assert sink.events[-1]["type"] == "metrics"
+    assert sink.events[-1]["interrupted"] is True
+
+
+async def test_history_in_memory_is_bounded_by_history_messages() -> None:
+    backends = FakeBackends()
+    call, sink, _ = open_call(backends, history_messages=4, asr_speculative_silence_ms=0)
+    await talk(call, sink, *[utterance(0.4)] * 6)
+    assert len(backends.llm.calls[-1]) == 1 + 4
+    assert call.history_length == 4
+
+
+class StuckSink(RecordingSink):
+    """A client that stops reading: event delivery never returns once tokens flow."""
+
+    async def send_event(self, event: Event) -> None:
+        if event["type"] == "llm_token":
+            await asyncio.Event().wait()
+        await super().send_event(event)
+
+
+async def test_a_stuck_sink_does_not_hold_the_llm_pool() -> None:
+    backends = FakeBackends()
+    s = settings(llm_pool_size=1)
+    pools = Pools.from_settings(s, backends)
+    stuck_call, stuck, _ = open_call(backends, pools=pools, sink=StuckSink(), llm_pool_size=1)
+    call, sink, _ = open_call(backends, pools=pools, llm_pool_size=1)
+    try:
+        await feed(stuck_call, utterance())
+        await stuck.wait_for("transcript")
+        await asyncio.sleep(0.3)  # the stuck call's LLM stream has begun
+        await feed(call, utterance())
+        await sink.wait_for("metrics", within_s=5.0)
+    finally:
+        await stuck_call.close()
+        await call.close()
+    assert sink.events[-1] == {**sink.events[-1], "type": "metrics", "interrupted": False}
+
+
+async def test_discarded_speculation_keeps_its_asr_slot_until_the_work_ends() -> None:
+    """The ASR goes on after a discard (worker thread, whisper.cpp): the pool must know."""
+    backends = FakeBackends(asr=FakeASR(delay_s=0.4, runs_on=True))
+    backends.asr.texts = ["first half", "the whole utterance"]
+    s = settings(asr_pool_size=1)
+    pools = Pools.from_settings(s, backends)
+    call, sink, _ = open_call(backends, pools=pools, asr_pool_size=1, mode="transcribe_only")
+    pcm = np.concatenate([silence(0.3), tone(0.5), silence(0.2), tone(0.5), silence(0.8)])
+    await talk(call, sink, pcm)
+    assert call.speculation_misses == 1
+    assert backends.asr.max_busy == 1, "two transcriptions ran at once on a 1-slot pool"
+
+
+async def test_pool_slot_is_held_until_an_embedded_worker_finishes() -> None:
+    import threading
+
+    from bridge.backends._embedded import ModelRunner
+
+    runner = ModelRunner("model", "embedded://test", "test-worker", timeout_s=0.05)
+    finished = threading.Event()
+
+    def work() -> str:
+        time.sleep(0.4)
+        finished.set()
+        return "done"
+
+    pool = Semaphore(1)
+    try:
+        task = asyncio.create_task(hold(pool, lambda: runner.run(work, 0.05)))
+        await asyncio.sleep(0.15)  # past the runner's timeout, the worker still busy
+        assert not finished.is_set()
+        assert pool.locked(), "the slot was given back while the worker still ran"
+        with pytest.raises(BackendError):
+            await task
+        assert finished.is_set() and not pool.locked()
+    finally:
+        runner.close()
+
+
+async def test_per_frame_work_stays_flat_over_a_long_call() -> None:
+    """A 60-turn call: the arrival clock and the history do not grow with the call's age."""
+    backends = FakeBackends(llm=FakeLLM("Okay.", 0.001), tts_piper=FakeTTS(0.05, 0.001))
+    call, sink, _ = open_call(backends, asr_speculative_silence_ms=0)
+    sizes: list[int] = []
+    try:
+        for turn in range(1, 61):
+            await feed(call, utterance(0.4))
+            await sink.wait_for("metrics", turn)
+            sizes.append(call.arrival_clock_frames)
+    finally:
+        await call.close()
+    assert max(sizes[-10:]) <= max(sizes[:10])
+    assert max(sizes) < 100  # one turn's frames, not the call's
+    assert call.history_length <= settings().history_messages
+
+
+async def test_barge_in_clears_the_fallback_phrase() -> None:
+    backends = FakeBackends(tts_piper=FakeTTS(seconds_per_sentence=3.0))
+    call, sink, _, fallbacks = await open_with_fallbacks(backends)
+    backends.asr.errors.append(backend_error("asr", "connect"))
+    try:
+        await feed(call, utterance())
+        await sink.wait_for_audio(fallbacks.audio("repeat", "piper"))
+        assert call.bot_speaking()
+        await feed(call, tone(0.6), realtime=True)  # the caller talks over the phrase
+    finally:
+        await call.close()
+    assert sink.clears, "barge-in did not clear the fallback audio"

@@ -1,13 +1,35 @@
-"""The load tester's pure parts: the summary block, percentiles, durations, encoding."""
+"""The load tester and `voicebridge call`: the summary block, percentiles, durations,
+encoding; against a server, an ASR error that must end the call once, and a door's close
+code and reason that must reach the caller's screen."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import WSMsgType, web
 
-from bridge.tools.loadtest import encode_chunks, format_summary, parse_duration, percentile
+from bridge.cli import main
+from bridge.config import Settings
+from bridge.doors import websocket
+from bridge.metrics import Metrics
+from bridge.tools import call_client
+from bridge.tools.call_client import CallFailed
+from bridge.tools.loadtest import (
+    encode_chunks,
+    format_summary,
+    parse_duration,
+    percentile,
+    run_load,
+)
+from media.wav import write_wav
+from tests.fakes.backend_servers import serve
+from tests.fakes.calls import RecordingCalls
 
 
 def test_summary_block_is_the_spec_format() -> None:
@@ -63,3 +85,71 @@ def test_encode_chunks_are_20_ms(codec: str, chunk_bytes: int | None) -> None:
         assert {len(c) for c in chunks} == {chunk_bytes}
     else:
         assert all(0 < len(c) < 400 for c in chunks)
+
+
+# --- the tools against a server: an ASR error ends the call once; close codes come through
+
+
+def _asr_error_app() -> web.Application:
+    """A `/ws/call` that answers the caller's speech with an ASR `error` event and no
+    transcript, as the bridge does when ASR fails, then keeps the line open."""
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.receive()  # metadata
+        sent = False
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY and not sent:
+                sent = True
+                await asyncio.sleep(0.3)
+                await ws.send_json({"type": "error", "stage": "asr", "message": "timeout"})
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws/call", handle)
+    return app
+
+
+async def test_an_asr_error_ends_the_call_at_once_and_counts_once(tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(write_wav(np.zeros(8000, np.int16), 16000))
+    async with serve(_asr_error_app()) as base:
+        started = time.monotonic()
+        async with asyncio.timeout(30):  # the bug waited the clip + 60 s
+            result = await run_load(base.replace("http", "ws") + "/ws/call", 1, 0.1, tmp_path)
+    assert time.monotonic() - started < 20
+    assert result.errors == 1, result.error_messages
+    assert result.error_messages == ["asr: timeout"]
+    assert result.calls_completed == 0
+
+
+@pytest.fixture
+async def door_url() -> AsyncIterator[str]:
+    """The real WebSocket door (`bridge.doors.websocket`) in front of a recording opener."""
+    settings = Settings(_env_file=None, sip_enabled=False)  # type: ignore[call-arg]
+    app = web.Application()
+    websocket.register(app, RecordingCalls(), settings, Metrics())
+    async with serve(app) as base:
+        yield base.replace("http", "ws") + websocket.PATH
+
+
+async def test_call_reports_the_servers_close_code_and_reason(door_url: str) -> None:
+    pcm = np.zeros(4000, np.int16)  # 4 kHz PCM: the door refuses the metadata (1008)
+    with pytest.raises(CallFailed) as info:
+        await call_client.call(door_url, pcm, 4000, timeout_s=20)
+    assert info.value.code == 1008
+    assert "sample_rate" in info.value.reason
+    assert info.value.error.startswith("protocol: invalid metadata")
+    assert "1008" in str(info.value) and "sample_rate" in str(info.value)
+
+
+async def test_voicebridge_call_prints_the_close_and_exits_1(
+    door_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wav = tmp_path / "low.wav"
+    wav.write_bytes(write_wav(np.zeros(4000, np.int16), 4000))
+    code = await asyncio.to_thread(main, ["call", door_url, str(wav), "--timeout", "20"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "voicebridge call: the server closed the call (1008 invalid metadata" in err
+    assert "error event: protocol: invalid metadata" in err

@@ -49,6 +49,11 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
         ASR_POOL_SIZE="2",
         TTS_POOL_SIZE="2",
         LLM_POOL_SIZE="2",
+        # the load-tester test queues five callers on one in-process model per stage: the
+        # stage budgets (which count the queue wait) must not turn that queue into fallbacks
+        ASR_TIMEOUT_S="60",
+        LLM_FIRST_TOKEN_TIMEOUT_S="60",
+        TTS_TIMEOUT_S="60",
     )
     proc.start()
     yield proc

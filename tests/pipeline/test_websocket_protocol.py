@@ -13,38 +13,24 @@ import numpy as np
 import pytest
 
 from bridge.app import Bridge
-from bridge.config import Settings
-from tests.fakes.bridge_process import CallRecord, ws_call, ws_expect_close
-from tests.fakes.pipeline import FakeBackends, silence, tone
-from tests.support import free_port
+from tests.fakes.bridge_process import (
+    CallRecord,
+    in_process_bridge,
+    until,
+    ws_call,
+    ws_expect_close,
+)
+from tests.fakes.pipeline import silence, tone
 
 MAX_FRAME = 4096
 
 
 @pytest.fixture
 async def bridge() -> AsyncIterator[Bridge]:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        gateway_host="127.0.0.1",
-        gateway_port=free_port(),
-        sip_enabled=False,
-        max_concurrent_calls=2,
-        ws_max_frame_bytes=MAX_FRAME,
-        shutdown_grace_s=3.0,
-    )
-    b = Bridge(settings, FakeBackends())
-    await b.start()
-    try:
+    async with in_process_bridge(
+        max_concurrent_calls=2, ws_max_frame_bytes=MAX_FRAME, shutdown_grace_s=3.0
+    ) as b:
         yield b
-    finally:
-        await b.stop()
-
-
-async def until(condition: Any, within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def url(b: Bridge) -> str:
@@ -75,6 +61,9 @@ def assert_refused(record: CallRecord, code: int, stage: str, words: str) -> Non
         ([b"\x00\x01" * 160], 1008, "JSON metadata"),
         ([PCM_META, b"\x00" * (MAX_FRAME + 2)], 1008, "WS_MAX_FRAME_BYTES"),
         ([PCM_META, b"\x00" * 640, "hello"], 1003, "text frame"),
+        (["[" * 100000], 1008, "metadata is too large"),
+        (["[" * 2000 + "]" * 2000], 1008, "nested too deeply"),
+        ([json.dumps({"codec": "pcm", "pad": " " * 5000})], 1008, "metadata is too large"),
     ],
     ids=[
         "bad-json",
@@ -87,12 +76,15 @@ def assert_refused(record: CallRecord, code: int, stage: str, words: str) -> Non
         "binary-first",
         "oversized-frame",
         "text-instead-of-binary",
+        "nested-json-100k",
+        "nested-json-under-cap",
+        "metadata-over-4k",
     ],
 )
 async def test_protocol_errors(bridge: Bridge, frames: list[Any], code: int, words: str) -> None:
     record = await ws_expect_close(url(bridge), frames)
     assert_refused(record, code, "protocol", words)
-    await until(lambda: bridge.calls.active == 0)
+    await until(lambda: bridge.calls.active == 0, 5.0)
 
 
 def utterance_chunks() -> list[bytes]:
@@ -119,16 +111,16 @@ async def test_over_the_call_limit_closes_1013(bridge: Bridge) -> None:
         )
         for _ in range(2)
     ]
-    await until(lambda: bridge.calls.active == 2)
+    await until(lambda: bridge.calls.active == 2, 5.0)
     record = await ws_expect_close(url(bridge), [PCM_META])
     assert_refused(record, 1013, "capacity", "MAX_CONCURRENT_CALLS")
     for holder in holders:
         with pytest.raises(TimeoutError):
             await holder
-    await until(lambda: bridge.calls.active == 0)
+    await until(lambda: bridge.calls.active == 0, 5.0)
     assert (
         bridge.metrics.registry.get_sample_value(
-            "pipeline_calls_rejected_total", {"door": "websocket"}
+            "pipeline_calls_rejected_total", {"door": "websocket", "reason": "full"}
         )
         == 1
     )
@@ -138,7 +130,7 @@ async def test_shutdown_closes_calls_with_1001(bridge: Bridge) -> None:
     call = asyncio.create_task(
         ws_call(url(bridge), PCM_META, [], bytes(640), until="never", within_s=10)
     )
-    await until(lambda: bridge.calls.active == 1)
+    await until(lambda: bridge.calls.active == 1, 5.0)
     started = time.monotonic()
     await bridge.stop()
     assert time.monotonic() - started < bridge.settings.shutdown_grace_s

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 
 from sip.message import SipParseError, SipRequest, SipResponse, parse_message
+from tests.sip.fakeapp import RecordingApp
 
 SDP_OFFER = (
     "v=0\r\n"
@@ -189,10 +190,21 @@ class Call:
         """The ACK for a 2xx (new branch, same CSeq number)."""
         return self.request("ACK", cseq=self.cseq)
 
-    async def establish(self, payloads: tuple[int, ...] = (0, 8, 101)) -> SipResponse:
-        """INVITE → 100 → 200 → ACK."""
-        self.client.send(self.invite(payloads))
+    async def establish(
+        self, payloads: tuple[int, ...] = (0, 8, 101), *, invite: str | None = None
+    ) -> SipResponse:
+        """INVITE (`self.invite(payloads)`, or the variant `invite` of it) → 100 → 200 → ACK."""
+        self.client.send(self.invite(payloads) if invite is None else invite)
         ok = await self.client.expect(200, call_id=self.call_id)
         self.to_tag = ok.get("To", "").split("tag=")[1]  # type: ignore[union-attr]
         self.client.send(self.ack())
         return ok
+
+
+async def answered_call(client: SipClient, app: RecordingApp) -> Call:
+    """A new call through `client`, established (INVITE → 200 → ACK) and the one call that
+    `app` has seen established."""
+    call = Call(client)
+    await call.establish()
+    await app.wait_for(lambda: len(app.established) == 1)
+    return call

@@ -22,6 +22,9 @@ class RecordingApp:
     supported: SupportedCodecs = SUPPORTED
     reject: SipReject | None = None
     invite_delay_s: float = 0.0
+    reinvite_delay_s: float = 0.0
+    accepting: bool = True
+    terminate_delay_s: float = 0.0
     invites: list[tuple[CallInfo, MediaOffer]] = field(default_factory=list)
     established: list[Dialog] = field(default_factory=list)
     reinvites: list[MediaOffer] = field(default_factory=list)
@@ -34,6 +37,9 @@ class RecordingApp:
 
     def supported_codecs(self) -> SupportedCodecs:
         return self.supported
+
+    def accepting_calls(self) -> bool:
+        return self.accepting
 
     async def on_invite(self, info: CallInfo, offer: MediaOffer) -> MediaAnswer:
         self.invites.append((info, offer))
@@ -52,6 +58,8 @@ class RecordingApp:
     async def on_reinvite(self, dialog: Dialog, offer: MediaOffer) -> MediaAnswer:
         self.reinvites.append(offer)
         self._poke()
+        if self.reinvite_delay_s:
+            await asyncio.sleep(self.reinvite_delay_s)
         codec, dtmf = negotiate(offer, self.supported)
         return MediaAnswer(dialog.info.local_host, self.rtp_port, codec, dtmf)
 
@@ -62,6 +70,8 @@ class RecordingApp:
     async def on_terminated(self, call_id: str, reason: str) -> None:
         self.terminated.append((call_id, reason))
         self._poke()
+        if self.terminate_delay_s:
+            await asyncio.sleep(self.terminate_delay_s)
 
     async def wait_for(self, predicate: object, wait_s: float = 5.0) -> None:
         """Wait until `predicate()` is true."""

@@ -10,7 +10,7 @@ from sip.api import SipReject
 from sip.message import SipRequest, SipResponse, Via, tag_of
 from sip.transaction import TimerConfig
 from sip.uas import UserAgentServer
-from tests.sip.client import Call, SipClient, sdp_offer
+from tests.sip.client import Call, SipClient, answered_call, sdp_offer
 from tests.sip.fakeapp import RecordingApp
 
 pytestmark = pytest.mark.timeout(30)
@@ -46,9 +46,7 @@ async def test_invite_ok_ack_bye(uas: UserAgentServer, app: RecordingApp, transp
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_bridge_hangs_up(uas: UserAgentServer, app: RecordingApp, transport: str) -> None:
     async with SipClient(uas.local_port, transport) as client:
-        call = Call(client)
-        await call.establish()
-        await app.wait_for(lambda: len(app.established) == 1)
+        call = await answered_call(client, app)
         hangup = asyncio.create_task(app.established[0].hangup())
         bye = await client.recv()
         assert isinstance(bye, SipRequest) and bye.method == "BYE"
@@ -68,9 +66,7 @@ def _response_to(request: SipRequest, status: int, reason: str) -> bytes:
 
 async def test_bye_retransmitted_until_answered(uas: UserAgentServer, app: RecordingApp) -> None:
     async with SipClient(uas.local_port) as client:
-        call = Call(client)
-        await call.establish()
-        await app.wait_for(lambda: len(app.established) == 1)
+        await answered_call(client, app)
         hangup = asyncio.create_task(app.established[0].hangup())
         first = await client.recv()
         second = await client.recv()  # timer E retransmission, same branch
@@ -248,9 +244,7 @@ async def test_reinvite_while_one_pending_is_refused(
     uas: UserAgentServer, app: RecordingApp
 ) -> None:
     async with SipClient(uas.local_port) as client:
-        call = Call(client)
-        await call.establish()
-        await app.wait_for(lambda: len(app.established) == 1)
+        call = await answered_call(client, app)
         call.cseq = 2
         client.send(call.request("INVITE", body=sdp_offer((0,))))
         await client.expect(200)  # not ACKed yet: still pending
@@ -303,9 +297,7 @@ async def test_stop_sends_bye(app: RecordingApp) -> None:
     server = UserAgentServer(app, "127.0.0.1", 0, stop_timeout_s=2.0)
     await server.start()
     async with SipClient(server.local_port) as client:
-        call = Call(client)
-        await call.establish()
-        await app.wait_for(lambda: len(app.established) == 1)
+        call = await answered_call(client, app)
 
         async def answer_bye() -> None:
             msg = await client.recv()
@@ -327,8 +319,7 @@ async def test_tcp_keepalive_ping_then_call(uas: UserAgentServer, app: Recording
         writer.close()
     async with SipClient(uas.local_port, "tcp") as client:
         client.send("\r\n")  # a lone CRLF before a message is ignored
-        await Call(client).establish()
-        await app.wait_for(lambda: len(app.established) == 1)
+        await answered_call(client, app)
 
 
 async def test_stop_is_bounded_when_nobody_answers(app: RecordingApp) -> None:

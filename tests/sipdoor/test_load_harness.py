@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.processes import voicebridge_serving
+from tests.fakes.processes import serve_env, voicebridge_serving
 from tests.sipdoor.helpers import REPO, load_runner, rtp_range
 from tests.support import free_port
 
@@ -56,21 +56,8 @@ class Bridge:
 def running_bridge(workdir: Path, **extra_env: str) -> Iterator[Bridge]:
     """`voicebridge serve` (embedded backends unless `extra_env` says otherwise) on free
     ports, ready once its backends are warm; terminated (then killed) on exit."""
-    low, high = rtp_range()
     http_port, sip_port = free_port(), free_port()
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(Path.home()),
-        "PYTHONPATH": str(REPO),
-        "GATEWAY_HOST": "127.0.0.1",
-        "GATEWAY_PORT": str(http_port),
-        "SIP_HOST": "127.0.0.1",
-        "SIP_PORT": str(sip_port),
-        "RTP_PORT_MIN": str(low),
-        "RTP_PORT_MAX": str(high),
-        "LOG_LEVEL": "INFO",
-        **extra_env,
-    }
+    env = {**serve_env(http_port, sip_port, rtp_range()), **extra_env}
     log = workdir / "bridge.log"
     command = [sys.executable, "-m", "bridge", "serve"]
     with voicebridge_serving(command, log, workdir, env):  # workdir: no developer .env

@@ -7,6 +7,7 @@ import re
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,16 +79,24 @@ async def test_dtmf_1_pound_gives_exactly_two_digits(pcaps: str) -> None:
 
 async def test_cancel_before_answer_frees_the_call() -> None:
     async with echo_door() as door:
-        door.calls.open_delay_s = 1.0  # the call is still being set up when CANCEL arrives
-        await sipp_clean(door.target, 1, scenario="cancel")
-        (call,) = door.calls.calls.values()
+        sip_door = door.service.door
+        resolve = sip_door._resolve
+        entered: list[str] = []
+
+        async def slow_resolve(call_id: str, host: str, **kwargs: Any) -> str:
+            entered.append(call_id)
+            await asyncio.sleep(1.0)  # the call is still being set up when CANCEL arrives
+            return await resolve(call_id, host, **kwargs)
+
+        sip_door._resolve = slow_resolve  # type: ignore[method-assign]
+        await sipp_clean(door.target, 1, scenario="cancel")  # 487 to the INVITE, 200 to CANCEL
         for _ in range(50):
-            if call.closed_reason is not None:
+            if not sip_door.active:
                 break
             await asyncio.sleep(0.05)
-        assert call.closed_reason is not None
-        assert door.service.door.active == {}
-        assert call.sink.session.transport.is_closing()  # type: ignore[attr-defined]
+        assert len(entered) == 1  # the CANCEL really arrived mid-setup
+        assert sip_door.active == {}
+        assert door.calls.calls == {}  # the pipeline opens at ACK: a CANCELled call never has one
 
 
 async def test_tcp_transport(speech_wav: Path) -> None:
@@ -106,7 +115,8 @@ async def test_over_capacity_gets_503() -> None:
             door.target, scenario="load", calls=2, concurrency=2, rate=20, hold_ms=1500
         )
         assert result.calls_completed == 1 and result.calls_failed == 1
-        assert door.calls.rejected == 1
+        # the slot is checked at the INVITE, without opening a call (UAS or door: 503)
+        assert door.calls.rejected == 0 and len(door.calls.calls) == 1
 
 
 async def test_garbage_rtp_is_counted_and_the_call_goes_on(speech_wav: Path) -> None:
@@ -127,7 +137,7 @@ async def test_garbage_rtp_is_counted_and_the_call_goes_on(speech_wav: Path) -> 
         stats = sip_call.session.stats
         assert stats.malformed + stats.foreign == 60
         sent_s, _ = _source_stats(speech_wav)
-        got_s, _ = speech_stats(sip_call.handle.audio, 16000)  # type: ignore[attr-defined]
+        got_s, _ = speech_stats(sip_call.handle.audio, 16000)  # type: ignore[union-attr]
         assert abs(got_s - sent_s) <= 0.06
 
 

@@ -30,6 +30,7 @@ from bridge.backends.base import Audio
 from bridge.config import load_settings
 from bridge.contract import CallOptions, MetricsEvent
 from bridge.doors import webrtc
+from bridge.pipeline.manager import refusal
 from tests.fakes.calls import RecordingCalls
 from tests.support import free_port
 
@@ -296,19 +297,20 @@ async def test_bad_offers_get_400(server: Server, body: Any, message: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("sdp", "message", "reason"),
+    ("sdp", "message"),
     [
-        ("v=0\r\nthis is not sdp\r\n", "no audio m-line", "offer without audio"),
-        ("v=0\r\nm=audio port UDP/TLS/RTP/SAVPF 111\r\n", "cannot negotiate", "bad offer"),
+        ("v=0\r\nthis is not sdp\r\n", "no audio m-line"),
+        ("v=0\r\nm=audio port UDP/TLS/RTP/SAVPF 111\r\n", "cannot negotiate"),
     ],
 )
 async def test_unusable_sdp_gets_400_and_closes_its_call(
-    server: Server, sdp: str, message: str, reason: str
+    server: Server, sdp: str, message: str
 ) -> None:
     status, reply = await post(server.url, {"sdp": sdp, "type": "offer"})
     assert status == 400 and message in reply["error"]
     (call,) = server.calls.calls
-    assert call.closed.is_set() and call.reason == reason
+    # closed as refused (counted in pipeline_calls_rejected_total, not as an admitted call)
+    assert call.closed.is_set() and call.reason == refusal("bad_request")
     assert not server.door.sessions
 
 
@@ -323,6 +325,33 @@ async def test_call_limit_gets_503(server: Server, ice_ip: str) -> None:
         assert status == 503 and "too many calls" in reply["error"]
     finally:
         await client.pc.close()
+
+
+async def test_over_the_limit_no_peer_connection_is_built(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 9: the call limit is checked before any RTCPeerConnection exists."""
+    server.calls.limit = 0
+    built: list[object] = []
+    real = webrtc.RTCPeerConnection
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(webrtc, "RTCPeerConnection", counting)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.url}/webrtc/offer", json={"sdp": "v=0"}) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"]
+            assert "too many calls" in (await resp.json())["error"]
+    assert built == [] and not server.door.sessions
+
+
+async def test_bad_sdp_error_carries_no_exception_text(server: Server) -> None:
+    sdp = "v=0\r\nm=audio port UDP/TLS/RTP/SAVPF 111\r\n"
+    status, reply = await post(server.url, {"sdp": sdp, "type": "offer"})
+    assert status == 400
+    assert reply["error"] == "cannot negotiate this SDP offer (see the bridge log)"
 
 
 async def test_unavailable_engine_gets_400(server: Server) -> None:

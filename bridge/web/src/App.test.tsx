@@ -105,3 +105,19 @@ describe("App", () => {
     expect((screen.getByTestId("call-button") as HTMLButtonElement).disabled).toBe(false);
   });
 });
+
+describe("App with an access token", () => {
+  it("passes the token from its own URL on to /webrtc/config", async () => {
+    window.history.replaceState(null, "", "/?token=s3cret");
+    const fetchMock = vi.fn(async () => new Response(JSON.stringify({ iceServers: [] })));
+    vi.stubGlobal("fetch", fetchMock);
+    try {
+      await act(async () => {
+        render(<App />);
+      });
+      expect(fetchMock).toHaveBeenCalledWith("/webrtc/config?token=s3cret");
+    } finally {
+      window.history.replaceState(null, "", "/");
+    }
+  });
+});

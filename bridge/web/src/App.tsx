@@ -6,6 +6,7 @@ import { CallPanel } from "./components/CallPanel";
 import { MetricsPanel } from "./components/MetricsPanel";
 import { TranscriptPanel } from "./components/TranscriptPanel";
 import { useVoiceCall, type Source, type TtsEngine } from "./hooks/useVoiceCall";
+import { withToken } from "./access";
 
 /** The whole page. */
 export function App() {
@@ -16,7 +17,7 @@ export function App() {
   const [file, setFile] = useState<File | null>(null);
 
   useEffect(() => {
-    fetch("/webrtc/config")
+    fetch(withToken("/webrtc/config"))
       .then((r) => (r.ok ? r.json() : null))
       .then((c: { defaultTtsEngine?: TtsEngine } | null) => {
         if (c?.defaultTtsEngine) setTtsEngine(c.defaultTtsEngine);

@@ -4,6 +4,7 @@
 import { useCallback, useEffect, useReducer, useRef } from "react";
 import { callReducer, initialState, parseEvent, type CallMode } from "../callState";
 import { openFileSource, type FileSource } from "./fileSource";
+import { withToken } from "../access";
 
 export type Source = "mic" | "file";
 export type TtsEngine = "piper" | "coqui";
@@ -54,7 +55,7 @@ interface Resources {
 
 async function iceServers(): Promise<RTCIceServer[]> {
   try {
-    const res = await fetch("/webrtc/config");
+    const res = await fetch(withToken("/webrtc/config"));
     if (!res.ok) return [];
     const body = (await res.json()) as { iceServers?: RTCIceServer[] };
     return body.iceServers ?? [];
@@ -218,7 +219,7 @@ export function useVoiceCall() {
         await gatheringComplete(pc);
         const local = pc.localDescription;
         if (!local) throw new Error("the browser produced no SDP offer");
-        const reply = await fetch("/webrtc/offer", {
+        const reply = await fetch(withToken("/webrtc/offer"), {
           method: "POST",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({
