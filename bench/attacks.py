@@ -12,6 +12,10 @@ VAD's 300 ms of trailing silence).
 Printed: attack, what the attacker got, bystander turns ok, SIP bystander answered,
 E2E p50/p95 and the p50 delta against the no-attack row.
 
+The bridge is pinned to core 0 (`taskset`) and everything else (this process, the attacker,
+the bystander, the stub backends) to core 1, so the attacker competes with the bridge only
+through the traffic it sends.
+
 Run: .venv/bin/python bench/attacks.py [--turns 5] [--only svmap,nested-json]
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -77,6 +82,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5, help="bystander turns per attack")
     parser.add_argument("--only", default="", help="comma-separated substrings of attack names")
     args = parser.parse_args()
+    os.sched_setaffinity(0, {1})  # the load's core; the bridge gets core 0
     chosen = [
         name
         for name in ATTACKS
@@ -88,7 +94,7 @@ def main() -> None:
     baseline = 0.0
     for name in chosen:
         # A fresh bridge per attack, so one attack's leftovers never bill the next.
-        with tempfile.TemporaryDirectory() as workdir, live_bridge(Path(workdir)) as bridge:
+        with tempfile.TemporaryDirectory() as workdir, live_bridge(Path(workdir), cpu=0) as bridge:
             outcome, result, sip = asyncio.run(measure(bridge, ATTACKS[name], args.turns))
         ok = f"{len(result.e2e_ms)}/{args.turns}"
         p50 = statistics.median(result.e2e_ms) if result.e2e_ms else float("nan")

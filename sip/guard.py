@@ -37,7 +37,9 @@ MAX_UNACKED_INVITES_PER_SOURCE = 200
 """Initial INVITEs of one source IP that have no final response yet or whose 2xx is not
 ACKed yet (finding 5: un-ACKed INVITEs each hold a dialog and an RTP port). Not lower:
 behind Kamailio every call comes from one address, and `sipp -l 100` at 100 calls/s on a
-loaded host can have more than 50 INVITEs waiting at once (a stalled loop reads a burst)."""
+loaded host can have more than 50 INVITEs waiting at once (a stalled loop reads a burst).
+The SIP door lowers it to half of MAX_CONCURRENT_CALLS when that is smaller, so one source's
+un-ACKed INVITEs never take every call slot."""
 RETRY_AFTER_S = 5
 """Retry-After of our 503s (bounds reached, not accepting calls)."""
 LOG_INTERVAL_S = 10.0
@@ -70,10 +72,13 @@ class SipGuard:
         auth_users: dict[str, str] | None = None,
         realm: str = "voicebridge",
         max_requests_per_s: float | None = None,
+        max_unacked_invites_per_source: int = MAX_UNACKED_INVITES_PER_SOURCE,
     ) -> SipGuard:
         """A guard from settings values: an allow list text, users (empty: no digest
-        authentication), realm and per-source rate (burst = one second's worth)."""
+        authentication), realm, per-source rate (burst = one second's worth) and the bound
+        on one source's un-ACKed INVITEs."""
         return cls(
+            max_unacked_invites_per_source=max_unacked_invites_per_source,
             allow=AddressFilter.parse(allow_from) if allow_from is not None else None,
             auth=DigestAuthenticator(realm, auth_users) if auth_users else None,
             limiter=(

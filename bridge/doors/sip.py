@@ -35,7 +35,7 @@ from media import codecs as media_codecs
 from media.codecs import UnsupportedCodec
 from sip.api import CallInfo, Dialog, Direction, MediaAnswer, MediaOffer, SipReject
 from sip.auth import parse_users
-from sip.guard import SipGuard
+from sip.guard import MAX_UNACKED_INVITES_PER_SOURCE, SipGuard
 from sip.resolve import ResolveError, Resolver
 from sip.sdp import NoCommonCodec, negotiate, negotiate_direction
 from sip.tasks import TaskSet
@@ -531,6 +531,11 @@ async def start_sip(
         auth_users=parse_users(settings.sip_auth_users),
         realm=settings.sip_auth_realm,
         max_requests_per_s=settings.sip_max_requests_per_s,
+        # one source's un-ACKed INVITEs hold call slots: never more than half of them, so
+        # a flood from one address cannot refuse everybody else
+        max_unacked_invites_per_source=min(
+            MAX_UNACKED_INVITES_PER_SOURCE, max(1, settings.max_concurrent_calls // 2)
+        ),
     )
     uas = UserAgentServer(
         door,

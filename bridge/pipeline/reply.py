@@ -196,7 +196,7 @@ class Reply:
             timer = timed("tts", voice.metrics)
             try:
                 synthesis = hold(voice.tts_pool, functools.partial(voice.tts.synthesize, sentence))
-                audio = await within(voice.tts_budget_s, synthesis, voice.tts, "a sentence")
+                audio = await within(voice.tts_budget_s, synthesis, voice.tts, "sentence audio")
             except Exception as exc:
                 await voice.out.stage_error("tts", exc)
                 await self._deliver(voice.fallback("trouble"))

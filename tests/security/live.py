@@ -55,9 +55,10 @@ class LiveBridge:
 
 
 @contextmanager
-def live_bridge(workdir: Path, **env: str) -> Iterator[LiveBridge]:
+def live_bridge(workdir: Path, *, cpu: int | None = None, **env: str) -> Iterator[LiveBridge]:
     """Stub backends at the spec budget and `voicebridge serve` on free loopback ports
-    (SIP and HTTP on 127.0.0.1), with `env` added to its environment."""
+    (SIP and HTTP on 127.0.0.1), with `env` added to its environment; `cpu` pins the bridge
+    to that core (`taskset`), for benchmarks."""
     rtp = rtp_range()
     http_port, sip_port = free_port(), free_port()
     with stub_backends() as stubs:
@@ -68,7 +69,8 @@ def live_bridge(workdir: Path, **env: str) -> Iterator[LiveBridge]:
             **env,
         }
         log = workdir / "bridge.log"
-        command = [sys.executable, "-m", "bridge", "serve"]
+        pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+        command = [*pin, sys.executable, "-m", "bridge", "serve"]
         with voicebridge_serving(command, log, workdir, full):
             yield LiveBridge(http_port, sip_port, log, rtp)
 

@@ -165,3 +165,23 @@ async def test_tcp_connections_bounded_per_source(
         for _reader, writer in held:
             writer.close()
         await uas.stop()
+
+
+async def test_one_source_cannot_hold_every_call_slot_with_unacked_invites() -> None:
+    """The SIP door bounds one source's un-ACKed INVITEs at half of MAX_CONCURRENT_CALLS, so
+    an un-ACKed flood from one address leaves room for a caller from another."""
+    from tests.sipdoor.helpers import echo_door
+
+    async with echo_door(max_calls=4, max_concurrent_calls=4) as door:
+        port = door.service.port
+        async with SipClient(port) as attacker, SipClient(port, local_host="127.0.0.2") as caller:
+            flood = [Call(attacker) for _ in range(4)]
+            for call in flood:
+                attacker.send(call.invite())  # answered, never ACKed
+            finals: dict[str, int] = {}
+            while len(finals) < len(flood):
+                message = await attacker.recv(3.0)
+                if isinstance(message, SipResponse) and message.status >= 200:
+                    finals.setdefault(message.call_id, message.status)
+            assert sorted(finals.values()) == [200, 200, 503, 503]
+            await Call(caller).establish()  # another address still gets a call slot

@@ -46,9 +46,10 @@ class _Udp(asyncio.DatagramProtocol):
 class SipClient:
     """Talks to a UAS at 127.0.0.1:port over "udp" or "tcp"."""
 
-    def __init__(self, port: int, transport: str = "udp") -> None:
+    def __init__(self, port: int, transport: str = "udp", local_host: str = "127.0.0.1") -> None:
         self.port = port
         self.transport = transport
+        self.local_host = local_host
         self.raw: asyncio.Queue[bytes] = asyncio.Queue()
         self.local_port = 0
         self._udp: asyncio.DatagramTransport | None = None
@@ -59,7 +60,7 @@ class SipClient:
         loop = asyncio.get_running_loop()
         if self.transport == "udp":
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self.raw), local_addr=("127.0.0.1", 0)
+                lambda: _Udp(self.raw), local_addr=(self.local_host, 0)
             )
             self.local_port = self._udp.get_extra_info("sockname")[1]
         else:
