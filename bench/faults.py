@@ -45,7 +45,6 @@ from bridge.app import Bridge
 from bridge.backends.asr import WhisperCppASR
 from bridge.backends.llm import OllamaLLM
 from bridge.backends.tts import HttpTTS
-from bridge.config import Settings
 from tests.fakes.backend_servers import serve
 from tests.fakes.fault_calls import (
     FAULT_NAMES,
@@ -56,6 +55,7 @@ from tests.fakes.fault_calls import (
     WsCaller,
     fallback_hz,
     fault_params,
+    sip_fault_settings,
     tap_sip_events,
     tone_frames,
     tts_app,
@@ -63,8 +63,6 @@ from tests.fakes.fault_calls import (
 from tests.fakes.faultproxy import FaultProxy
 from tests.fakes.stub_backends import stub_app
 from tests.faults.test_fallback_websocket import ProxiedBackends
-from tests.sipdoor.helpers import rtp_range
-from tests.support import free_port
 
 ASR_MS, LLM_FIRST_MS, LLM_TOKEN_MS, TTS_MS = 200, 150, 10, 200
 
@@ -135,23 +133,7 @@ async def _faulted_call(
 
 async def run_case(stage: str, fault: str, turns: int, budget_s: float) -> Row:
     row = Row(stage, fault)
-    low, high = rtp_range()
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        gateway_host="127.0.0.1",
-        gateway_port=free_port(),
-        sip_enabled=True,
-        sip_host="127.0.0.1",
-        sip_port=free_port(),
-        rtp_port_min=low,
-        rtp_port_max=high,
-        asr_timeout_s=budget_s,
-        llm_first_token_timeout_s=budget_s,
-        tts_timeout_s=budget_s,
-        asr_speculative_silence_ms=0,
-        shutdown_grace_s=2.0,
-        log_level="WARNING",
-    )
+    settings = sip_fault_settings(budget_s, log_level="WARNING")
     async with AsyncExitStack() as stack:
         stubs = await stack.enter_async_context(
             serve(stub_app(ASR_MS, LLM_FIRST_MS, LLM_TOKEN_MS, TTS_MS))

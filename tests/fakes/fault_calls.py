@@ -30,6 +30,8 @@ from aiohttp import web
 from bridge.config import Settings
 from media.codecs import codec_for
 from media.wav import write_wav
+from tests.sipdoor.helpers import rtp_range
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -45,6 +47,28 @@ CLIP_S = 0.6
 SPEECH_RMS = 300.0
 """A bot packet louder than this (int16 RMS) is voiced, not comfort silence."""
 PITCH_TOLERANCE_HZ = 80.0
+
+
+def sip_fault_settings(budget_s: float, **overrides: Any) -> Settings:
+    """Settings of an in-process bridge with the SIP door on loopback ports and every stage
+    budget at `budget_s` (speculative ASR off, so each turn is one ASR request)."""
+    low, high = rtp_range()
+    values: dict[str, Any] = {
+        "gateway_host": "127.0.0.1",
+        "gateway_port": free_port(),
+        "sip_enabled": True,
+        "sip_host": "127.0.0.1",
+        "sip_port": free_port(),
+        "rtp_port_min": low,
+        "rtp_port_max": high,
+        "asr_timeout_s": budget_s,
+        "llm_first_token_timeout_s": budget_s,
+        "tts_timeout_s": budget_s,
+        "asr_speculative_silence_ms": 0,
+        "shutdown_grace_s": 2.0,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
 def fault_params(stage: str, fault: str, budget_s: float) -> dict[str, float]:

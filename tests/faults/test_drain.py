@@ -11,7 +11,6 @@ caller hears the reply), leave a caller who hangs up alone, send BYE to the rest
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import signal
 import subprocess
@@ -27,6 +26,7 @@ import httpx
 import pytest
 
 from tests.fakes.backend_servers import serve
+from tests.fakes.fault_calls import load_soak
 from tests.fakes.processes import serve_env, stop_process
 from tests.fakes.stub_backends import stub_app, stub_env
 from tests.sipdoor.helpers import rtp_range
@@ -37,17 +37,7 @@ CALLS = int(os.environ.get("DRAIN_TEST_CALLS", "10"))
 """Live calls at SIGTERM (the acceptance run uses 50: `DRAIN_TEST_CALLS=50`)."""
 
 
-def _load_soak() -> Any:
-    """`bench/soak.py` (a script, not a package) as a module: its callers and stubs."""
-    spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_soak"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_soak()
+soak = load_soak()
 
 
 @dataclass

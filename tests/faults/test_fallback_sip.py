@@ -28,7 +28,6 @@ from bridge.app import Bridge
 from bridge.backends.asr import WhisperCppASR
 from bridge.backends.llm import OllamaLLM
 from bridge.backends.tts import HttpTTS
-from bridge.config import Settings
 from tests.fakes.backend_servers import serve
 from tests.fakes.fault_calls import (
     FAULT_NAMES,
@@ -38,6 +37,7 @@ from tests.fakes.fault_calls import (
     SipEar,
     fallback_hz,
     fault_params,
+    sip_fault_settings,
     tap_sip_events,
     tone_frames,
     tts_app,
@@ -45,8 +45,6 @@ from tests.fakes.fault_calls import (
 from tests.fakes.faultproxy import FaultProxy
 from tests.fakes.stub_backends import stub_app
 from tests.faults.test_fallback_websocket import ProxiedBackends
-from tests.sipdoor.helpers import rtp_range
-from tests.support import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,23 +64,7 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    low, high = rtp_range()
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None,
-        gateway_host="127.0.0.1",
-        gateway_port=free_port(),
-        sip_enabled=True,
-        sip_host="127.0.0.1",
-        sip_port=free_port(),
-        rtp_port_min=low,
-        rtp_port_max=high,
-        jitter_playout_ms=int(JITTER_S * 1000),
-        asr_timeout_s=BUDGET_S,
-        llm_first_token_timeout_s=BUDGET_S,
-        tts_timeout_s=BUDGET_S,
-        asr_speculative_silence_ms=0,
-        shutdown_grace_s=2.0,
-    )
+    settings = sip_fault_settings(BUDGET_S, jitter_playout_ms=int(JITTER_S * 1000))
     async with AsyncExitStack() as stack:
         stubs = await stack.enter_async_context(serve(stub_app(10, 10, 5, 10)))
         tts = await stack.enter_async_context(serve(tts_app(settings, 10)))

@@ -27,6 +27,7 @@ from bridge.backends.llm import OllamaLLM
 from bridge.backends.tts import HttpTTS
 from tests.fakes.backend_servers import serve
 from tests.fakes.bridge_process import in_process_bridge
+from tests.fakes.fault_calls import WsCaller
 from tests.fakes.faultproxy import FaultProxy
 from tests.fakes.pipeline import silence, tone
 from tests.fakes.stub_backends import stub_app
@@ -101,19 +102,19 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 @dataclass
-class Caller:
-    """A WebSocket caller that streams real-time audio and timestamps what it receives."""
+class Caller(WsCaller):
+    """The shared real-time WebSocket caller, speaking the test's own tone and finding
+    frames by index."""
 
-    ws: aiohttp.ClientWebSocketResponse
-    frames: list[tuple[float, str, Any]] = field(default_factory=list)
     speech_sent_at: float = 0.0
 
-    async def say(self, seconds: float = 0.6) -> None:
+    async def say(self, seconds: float = 0.6) -> float:
         """Speak `seconds` of tone at real time (then silence keeps flowing)."""
         self._spoken.clear()
         self._queue.extend(_chunks(np.concatenate([tone(seconds), silence(0.02)])))
         await self._spoken.wait()
         self.speech_sent_at = time.monotonic()
+        return self.speech_sent_at
 
     async def wait_for(self, kind: str, after: int = 0, within_s: float = 10.0) -> int:
         """Index of the first frame of `kind` ("wav" or an event type) from `after` on."""
@@ -124,32 +125,6 @@ class Caller:
                     return i
             await asyncio.sleep(0.01)
         raise AssertionError(f"no {kind!r} after frame {after}: {[k for _, k, _ in self.frames]}")
-
-    def __post_init__(self) -> None:
-        self._queue: list[bytes] = []
-        self._spoken = asyncio.Event()
-
-    async def run(self) -> None:
-        async def send() -> None:
-            start, i = time.monotonic(), 0
-            quiet = silence(0.02).tobytes()
-            while not self.ws.closed:
-                await self.ws.send_bytes(self._queue.pop(0) if self._queue else quiet)
-                if not self._queue:
-                    self._spoken.set()
-                i += 1
-                await asyncio.sleep(max(0.0, start + i * 0.02 - time.monotonic()))
-
-        async def receive() -> None:
-            async for msg in self.ws:
-                now = time.monotonic()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    event = json.loads(msg.data)
-                    self.frames.append((now, str(event["type"]), event))
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self.frames.append((now, "wav", msg.data))
-
-        await asyncio.gather(send(), receive())
 
 
 def _chunks(pcm: np.ndarray[Any, Any]) -> list[bytes]:
