@@ -24,6 +24,8 @@ TransportName = Literal["udp", "tcp"]
 DEFAULT_PORT = 5060
 TCP_IDLE_TIMEOUT_S = 300.0
 TCP_MAX_CONNECTIONS = 2000
+_SHARED_PORT_TRIES = 20
+"""Port 0: how many OS-picked numbers to try for one shared UDP+TCP port."""
 TCP_MAX_CONNECTIONS_PER_SOURCE = 200
 """Not lower: SIPp over TCP (`-t tn`) opens one connection per call, so `-l 100` from one
 address holds about 100, plus those still closing."""
@@ -213,32 +215,43 @@ class TransportLayer:
         self.max_per_source = TCP_MAX_CONNECTIONS_PER_SOURCE
 
     async def start(self, host: str, port: int, udp: bool, tcp: bool) -> None:
-        """Bind UDP and/or TCP on host:port (port 0: the OS picks; TCP then tries the
-        port UDP got, so both share one number)."""
-        loop = asyncio.get_running_loop()
-        if udp:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self._handler), local_addr=(host, port)
-            )
-            self._udp = transport
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):  # absorb call bursts (capped by rmem_max)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECV_BUFFER)
-            self.udp_port = int(transport.get_extra_info("sockname")[1])
-        if tcp:
-            want = port or self.udp_port
+        """Bind UDP and/or TCP on host:port. Port 0: the OS picks, and both share one number
+        (SIP's one port for both transports): a number whose TCP side is taken is given back
+        and another tried, a few times, before TCP takes a port of its own."""
+        for attempt in range(_SHARED_PORT_TRIES if port == 0 and udp and tcp else 1):
+            if udp:
+                await self._bind_udp(host, port)
+            if not tcp:
+                return
             try:
                 self._tcp_server = await asyncio.start_server(
-                    self._accept, host, want, limit=MAX_HEAD_BYTES
+                    self._accept, host, port or self.udp_port, limit=MAX_HEAD_BYTES
                 )
+                break
             except OSError:
                 if port:
                     raise
+                if udp and attempt + 1 < _SHARED_PORT_TRIES:
+                    assert self._udp is not None
+                    self._udp.close()
+                    continue
                 self._tcp_server = await asyncio.start_server(
                     self._accept, host, 0, limit=MAX_HEAD_BYTES
                 )
+                break
+        if tcp and self._tcp_server is not None:
             self.tcp_port = int(self._tcp_server.sockets[0].getsockname()[1])
+
+    async def _bind_udp(self, host: str, port: int) -> None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _UdpProtocol(self._handler), local_addr=(host, port)
+        )
+        self._udp = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # absorb call bursts (capped by rmem_max)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECV_BUFFER)
+        self.udp_port = int(transport.get_extra_info("sockname")[1])
 
     @property
     def connection_count(self) -> int:
